@@ -1,0 +1,144 @@
+"""Cloaking speed against the peer (../shared/peer/peer_step.py), same extractor, inputs, device.
+
+    python bench/bench_cloak.py [--device cpu|cuda] [--batch 1 8] [--photos 3] [--out bench/RESULTS-cloak.md]
+
+1. One optimisation step at batch B: our engine (warp + extractor + fused SSIM + fused tanh-Adam,
+   early stopping off) versus the peer's eager step (pytorch-msssim, torch.optim.Adam) on the
+   same extractor module and the same face chips.
+2. Seconds per one-face LFW photo in each mode, end to end (load, detect, target, optimise,
+   paste, budget check, PNG encode), versus the peer doing the mode's step count.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(SHARED / "peer"))
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, dev, iters):
+    fn()
+    _sync(dev)
+    t = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    _sync(dev)
+    return (time.perf_counter() - t) / iters
+
+
+def machine() -> str:
+    try:
+        model = [l.split(":", 1)[1].strip() for l in subprocess.check_output(["lscpu"], text=True).splitlines()
+                 if l.startswith("Model name")][0]
+    except Exception:  # noqa: BLE001
+        model = platform.processor()
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{model}, {torch.get_num_threads()} threads{gpu}, torch {torch.__version__}"
+
+
+def lfw_faces(pipe, n):
+    from fawkes_fast.io.images import load_image
+
+    lfw = SHARED / "data" / "lfw"
+    names = sorted(p.name for p in lfw.iterdir() if p.is_dir())
+    out = []
+    for name in names:
+        img = load_image(next((lfw / name).glob("*.jpg")))
+        faces = pipe.detect(img)
+        if len(faces) == 1:
+            out.append((img, faces))
+        if len(out) == n:
+            return out
+    return out
+
+
+def bench_step(pipe, photos, batch, dev, iters):
+    from peer_step import make_peer_step
+
+    from fawkes_fast.optimize.engine import optimise
+    from fawkes_fast.optimize.modes import settings_for
+    from fawkes_fast.pipeline import crop_region
+
+    ext = pipe.extractors[0]
+    sel = [photos[i % len(photos)] for i in range(batch)]
+    crops, mats = [], []
+    for img, faces in sel:
+        regions, m = pipe.regions(faces)
+        crops.append(crop_region(img, regions[0], dev))
+        mats.append(m[0][0])
+    x0 = torch.stack(crops)
+    mat = torch.as_tensor(np.stack(mats), dtype=torch.float32, device=dev)
+    target = torch.nn.functional.normalize(torch.randn(batch, ext.dim, device=dev), dim=1)
+    settings = settings_for("mid", steps=iters, patience=10 ** 9)
+    run = lambda: optimise([ext], pipe.chips, x0, [mat], [target], settings)  # noqa: E731
+    ours = timed(run, dev, 1) / (iters + 1)  # iters Adam steps + the final evaluation
+    with torch.no_grad():
+        chips = pipe.chips(x0, mat, ext)
+    peer = make_peer_step(ext.features, chips.contiguous(), target, budget=0.007)
+    theirs = timed(peer, dev, iters)
+    return ours, theirs
+
+
+def bench_photo(photos, dev, mode, peer_step_s):
+    from fawkes_fast import Cloaker
+    from fawkes_fast.optimize.modes import MODES
+
+    cloaker = Cloaker(mode=mode, device=dev)
+    cloaker.cloak(photos[0][0], seed=0, steps=2)  # warm-up: models loaded, caches built
+    times, steps = [], []
+    for img, _ in photos:
+        t = time.perf_counter()
+        (r,) = cloaker.cloak(img, seed=0, format="png")
+        _sync(dev)
+        times.append(time.perf_counter() - t)
+        steps.append(r.faces[0].steps)
+    return float(np.mean(times)), float(np.mean(steps)), MODES[mode].steps * peer_step_s
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--photos", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "RESULTS-cloak.md"))
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+
+    from fawkes_fast.pipeline import FacePipeline
+
+    pipe = FacePipeline(("dlib",), device=dev)
+    photos = lfw_faces(pipe, max(args.photos, max(args.batch)))
+    lines = [f"### Cloaking vs peer ({dev.type}) — {date.today()}, {machine()}", "",
+             "| what | fawkes_fast | peer | peer / ours |", "|---|---|---|---|"]
+    peer1 = None
+    for b in args.batch:
+        ours, theirs = bench_step(pipe, photos, b, dev, args.iters)
+        peer1 = theirs if b == 1 else peer1
+        lines.append(f"| one step, dlib, batch {b} | {ours * 1e3:.1f} ms | {theirs * 1e3:.1f} ms | {theirs / ours:.2f}× |")
+        print(lines[-1], flush=True)
+    for mode in ("low", "mid", "high"):
+        secs, steps, peer = bench_photo(photos[:args.photos], dev, mode, peer1)
+        lines.append(f"| `{mode}` one-face photo, end to end ({steps:.0f} steps used) | {secs:.2f} s | "
+                     f"{peer:.2f} s (mode's max steps × peer step) | {peer / secs:.2f}× |")
+        print(lines[-1], flush=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,41 @@
+"""The flat user API: cloak, embed, evaluate. Each reuses a cached, warm pipeline."""
+from __future__ import annotations
+
+import threading
+
+_lock = threading.Lock()
+_cloakers: dict = {}
+_pipelines: dict = {}
+
+
+def _cached(store: dict, key, make):
+    with _lock:
+        if key not in store:
+            store[key] = make()
+        return store[key]
+
+
+def _key(extractors, device):
+    from .pipeline import resolve_device
+
+    names = (extractors,) if isinstance(extractors, str) else tuple(extractors)
+    return names, str(resolve_device(device))
+
+
+def cloak(images, mode: str = "mid", extractors=("dlib",), device=None, seed: int | None = None, **options):
+    """Cloak every face in `images`; returns one CloakResult per image (see Cloaker.cloak)."""
+    from .cloaker import Cloaker
+
+    names, dev = _key(extractors, device)
+    cloaker = _cached(_cloakers, (names, dev), lambda: Cloaker(mode=mode, extractors=names, device=dev))
+    return cloaker.cloak(images, mode=mode, seed=seed, **options)
+
+
+def embed(images, extractor: str = "dlib", device=None):
+    """Detect, align and embed every face: one FaceSet per image (faces largest first)."""
+    from .io.images import load_image
+    from .pipeline import FacePipeline, as_list
+
+    names, dev = _key(extractor, device)
+    pipe = _cached(_pipelines, (names, dev), lambda: FacePipeline(names, device=dev))
+    return [pipe.embed(load_image(img))[0] for img in as_list(images)]

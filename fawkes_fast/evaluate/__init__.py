@@ -1,0 +1,1 @@
+"""Measuring recognisers and protection: LFW verification, trackers, protection reports."""

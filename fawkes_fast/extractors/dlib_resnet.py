@@ -1,0 +1,248 @@
+"""dlib's face-recognition ResNet (dlib_face_recognition_resnet_model_v1.dat) as a torch module.
+
+The .dat file is decoded directly (see :mod:`fawkes_fast.extractors.dlib_format`) into the
+network dlib defines in tools/python/src/face_recognition.cpp (``anet_type``):
+
+    input_rgb_image_sized<150>: x = (rgb - per-channel mean) / 256
+    con 32 7x7/2 (no padding) -> affine -> relu -> max_pool 3x3/2 (no padding)
+    3 x ares<32>, ares_down<64> + 3 x ares<64>, ares_down<128> + 2 x ares<128>,
+    ares_down<256> + 2 x ares<256>, ares_down<256>
+    avg_pool_everything -> fc_no_bias 128  (raw descriptor; dlib does not L2-normalise)
+
+    ares<N>      = relu(x + affine(con3x3(relu(affine(con3x3(x))))))
+    ares_down<N> = relu(avg_pool2x2/2(x) (+) block with the first conv at stride 2, pad 0)
+
+dlib's add_prev adds tensors of different shapes by zero-padding the smaller one at the
+end of each dimension (channels, rows, cols); ares_down relies on that for the channel
+increase and, in the last two stages, for pooled 4x4 vs conv 3x3 and pooled 2x2 vs
+conv 1x1 (stride-2 convs and pools have no padding in dlib).
+
+Each affine (the batch-norm of training, frozen to per-channel scale/shift) is folded into
+the conv before it, so the forward pass is conv + relu + pool + add only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model_files import dlib_model
+from .dlib_format import DlibFormatError, DlibNet, Layer, parse_dlib_net
+
+CHIP_SIZE = 150
+EMBEDDING_DIM = 128
+MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+
+__all__ = ["CHIP_SIZE", "EMBEDDING_DIM", "DlibResNet", "read_dlib_resnet", "build_dlib_resnet"]
+
+
+class _Residual(nn.Module):
+    """ares<N>: relu(x + conv2(relu(conv1(x)))), convs with the affines folded in."""
+
+    def __init__(self, conv1: nn.Conv2d, conv2: nn.Conv2d):
+        super().__init__()
+        self.conv1 = conv1
+        self.conv2 = conv2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+class _ResidualDown(nn.Module):
+    """ares_down<N>: relu(avg_pool2x2/2(x) (+) conv2(relu(conv1_stride2_pad0(x)))).
+
+    (+) is dlib's add_prev on unequal shapes: the overlap is summed and each tensor is
+    zero-padded at the end of every dimension.  Here the block has the channels
+    (N >= input channels) and the pooled shortcut has the rows/cols (floor(s/2) >=
+    floor((s-1)/2) for an s x s input), so each side is padded along its short axes only.
+    """
+
+    def __init__(self, conv1: nn.Conv2d, conv2: nn.Conv2d):
+        super().__init__()
+        self.conv1 = conv1
+        self.conv2 = conv2
+        self.extra_channels: int = conv2.out_channels - conv1.in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv2(F.relu(self.conv1(x)))
+        s = F.avg_pool2d(x, 2, 2)
+        if self.extra_channels > 0:
+            s = F.pad(s, [0, 0, 0, 0, 0, self.extra_channels])
+        y = F.pad(y, [0, s.shape[3] - y.shape[3], 0, s.shape[2] - y.shape[2]])
+        return F.relu(s + y)
+
+
+class DlibResNet(nn.Module):
+    """(B, 3, 150, 150) RGB chips in [0, 255] -> (B, 128) raw (un-normalised) dlib descriptors."""
+
+    def __init__(self, mean: tuple[float, float, float], stem: nn.Conv2d,
+                 blocks: list[nn.Module], fc: nn.Linear):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.stem = stem
+        self.blocks = nn.ModuleList(blocks)
+        self.fc = fc
+
+    def forward(self, chips: torch.Tensor) -> torch.Tensor:
+        x = (chips - self.mean) * (1.0 / 256.0)  # exact: 1/256 is a power of two
+        x = F.max_pool2d(F.relu(self.stem(x)), 3, 2)
+        for block in self.blocks:
+            x = block(x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+# -- building the module from the decoded layers ------------------------------------------
+
+class _Layers:
+    """Bottom-up cursor over the decoded layers that checks each one against the architecture."""
+
+    def __init__(self, net: DlibNet, source: str):
+        self.items: Iterator[Layer | None] = iter(net.layers)
+        self.source = source
+        self.index = -1
+
+    def _fail(self, msg: str) -> DlibFormatError:
+        return DlibFormatError(f"{self.source} is not a dlib face-recognition ResNet model "
+                               f"(layer {self.index} from the input: {msg})")
+
+    def _next(self) -> Layer | None:
+        self.index += 1
+        try:
+            return next(self.items)
+        except StopIteration:
+            raise self._fail("the file has fewer layers than the network") from None
+
+    def tag(self) -> None:
+        if self._next() is not None:
+            raise self._fail("expected a tag/skip layer")
+
+    def take(self, kind: str) -> Layer:
+        layer = self._next()
+        if layer is None or layer.kind != kind:
+            raise self._fail(f"expected {kind}, found {layer.kind if layer else 'tag/skip'}")
+        return layer
+
+    def conv_affine(self, in_ch: int, out_ch: int, size: int, stride: int) -> nn.Conv2d:
+        """con_ then affine_, folded into one Conv2d (dlib's default padding checked)."""
+        con = self.take("con_4").params
+        aff = self.take("affine_").params
+        pad = 0 if stride != 1 else size // 2
+        w = con["weight"]
+        if w.shape != (out_ch, in_ch, size, size) or con["stride"] != (stride, stride) \
+                or con["padding"] != (pad, pad):
+            raise self._fail(f"con_ weight {w.shape} stride {con['stride']} padding "
+                             f"{con['padding']}, expected ({out_ch}, {in_ch}, {size}, {size}) "
+                             f"stride {stride} padding {pad}")
+        if aff["mode"] != 0 or aff["gamma"].size != out_ch:
+            raise self._fail(f"affine_ over {aff['gamma'].size} channels (mode {aff['mode']}),"
+                             f" expected {out_ch} (conv mode)")
+        g = aff["gamma"].astype(np.float64)
+        weight = w.astype(np.float64) * g[:, None, None, None]
+        bias = con["bias"].astype(np.float64) * g + aff["beta"]
+        conv = nn.Conv2d(in_ch, out_ch, size, stride=stride, padding=pad, bias=True)
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
+            conv.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
+        return conv
+
+    def pool(self, kind: str, size: int, stride: int) -> None:
+        p = self.take(kind).params
+        if p["size"] != (size, size) or p["stride"] != (stride, stride) or p["padding"] != (0, 0):
+            raise self._fail(f"{kind} {p}, expected {size}x{size}/{stride} without padding")
+
+    def ares(self, ch: int) -> nn.Module:
+        self.tag()                                   # tag1
+        c1 = self.conv_affine(ch, ch, 3, 1)
+        self.take("relu_")
+        c2 = self.conv_affine(ch, ch, 3, 1)
+        self.take("add_prev_")                       # + tag1
+        self.take("relu_")
+        return _Residual(c1, c2)
+
+    def ares_down(self, in_ch: int, ch: int) -> nn.Module:
+        self.tag()                                   # tag1
+        c1 = self.conv_affine(in_ch, ch, 3, 2)
+        self.take("relu_")
+        c2 = self.conv_affine(ch, ch, 3, 1)
+        self.tag()                                   # tag2
+        self.tag()                                   # skip1 (back to tag1)
+        self.pool("avg_pool_2", 2, 2)
+        self.take("add_prev_")                       # + tag2
+        self.take("relu_")
+        return _ResidualDown(c1, c2)
+
+    def finish(self) -> None:
+        if next(self.items, None) is not None:
+            raise self._fail("the file has more layers than the network")
+
+
+# (stage channels, number of ares blocks, whether the stage starts with ares_down), input first
+_STAGES = ((32, 3, False), (64, 3, True), (128, 2, True), (256, 2, True), (256, 0, True))
+
+
+def build_dlib_resnet(net: DlibNet, source: str = "<bytes>") -> DlibResNet:
+    """Turn a decoded dlib network into :class:`DlibResNet`, checking the architecture."""
+    inp = net.input.params
+    if inp["size"] != (CHIP_SIZE, CHIP_SIZE):
+        raise DlibFormatError(f"{source} is not a dlib face-recognition ResNet model "
+                              f"(input size {inp['size']}, expected {CHIP_SIZE}x{CHIP_SIZE})")
+    layers = _Layers(net, source)
+    stem = layers.conv_affine(3, 32, 7, 2)
+    layers.take("relu_")
+    layers.pool("max_pool_2", 3, 2)
+    blocks: list[nn.Module] = []
+    ch = 32
+    for out_ch, n_res, down in _STAGES:
+        if down:
+            blocks.append(layers.ares_down(ch, out_ch))
+            ch = out_ch
+        for _ in range(n_res):
+            blocks.append(layers.ares(ch))
+    layers.pool("avg_pool_2", 0, 1)               # avg_pool_everything
+    fcp = layers.take("fc_2").params
+    w = fcp["weight"]
+    if w.shape != (ch, EMBEDDING_DIM) or fcp["bias"] is not None:
+        raise layers._fail(f"fc_ weight {w.shape} (bias: {fcp['bias'] is not None}), "
+                           f"expected ({ch}, {EMBEDDING_DIM}) without bias")
+    layers.finish()
+    fc = nn.Linear(ch, EMBEDDING_DIM, bias=False)
+    with torch.no_grad():
+        fc.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
+    model = DlibResNet(tuple(float(m) for m in inp["mean"]), stem, blocks, fc)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def read_dlib_resnet(path: str | Path | None = None, *, channels_last: bool = True) -> DlibResNet:
+    """Load dlib's face-recognition ResNet from its .dat file (None: the packaged model).
+
+    The result maps float (B, 3, 150, 150) RGB chips in [0, 255] (as made by
+    ``dlib.get_face_chip(img, shape, size=150, padding=0.25)``) to (B, 128) descriptors
+    equal to ``dlib.face_recognition_model_v1.compute_face_descriptor(chip)``; it is in
+    eval mode with frozen parameters but differentiable with respect to its input.
+
+    Raises ModelMissingError when the packaged model is not installed, FileNotFoundError
+    for a missing ``path`` and DlibFormatError (a ValueError) when the file is not a dlib
+    face-recognition ResNet.
+
+    ``channels_last`` stores the conv weights in channels-last layout, which makes torch
+    pick its oneDNN kernels on CPU even for plain NCHW input (measured 1.5-3x faster here,
+    forward and backward); the outputs are the same either way.
+    """
+    path = dlib_model(MODEL_FILE) if path is None else Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dlib face-recognition model file not found: {path}")
+    data = path.read_bytes()
+    try:
+        net = parse_dlib_net(data)
+    except DlibFormatError as e:
+        raise DlibFormatError(f"{path} is not a dlib face-recognition ResNet model: {e}") from e
+    model = build_dlib_resnet(net, str(path))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model

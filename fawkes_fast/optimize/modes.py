@@ -1,0 +1,39 @@
+"""Presets: DSSIM budget (rho), step count and learning rate per protection mode.
+
+`mid` uses the paper's rho = 0.007. Step counts and rates were tuned on LFW photos
+(see README "Modes" for each mode's measured protection and time).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Settings:
+    rho: float = 0.007  # DSSIM budget per face region
+    steps: int = 60  # upper bound; faces stop early when they stall
+    lr: float = 0.04  # Adam rate in tanh space
+    penalty: float = 200.0  # lambda of the hinge max(DSSIM - rho, 0), on distances normalised to 1
+    patience: int = 10  # steps without improvement before a face freezes
+    min_improvement: float = 1e-3  # relative loss improvement that resets patience
+    stop_at: float | None = None  # freeze once distance to target <= stop_at * original distance
+    safety: float = 0.97  # optimise to rho * safety, leaving room for 8-bit rounding and JPEG
+
+    def with_options(self, **options) -> "Settings":
+        unknown = set(options) - set(self.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown cloaking option(s): {', '.join(sorted(unknown))}")
+        return replace(self, **options)
+
+
+MODES = {
+    "low": Settings(rho=0.004, steps=40, lr=0.03),
+    "mid": Settings(rho=0.007, steps=60, lr=0.04),
+    "high": Settings(rho=0.012, steps=100, lr=0.05),
+}
+
+
+def settings_for(mode: str, **options) -> Settings:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    return MODES[mode].with_options(**options)

@@ -1,0 +1,44 @@
+"""Shared fixtures. Tests that need ../shared skip cleanly where it is absent."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(os.environ.get("FAWKES_FAST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+LFW = SHARED / "data" / "lfw"
+GAN = SHARED / "data" / "gan-faces"
+
+
+def lfw_people(min_images: int = 1) -> list[tuple[str, int]]:
+    """(name, image count) for LFW identities with at least `min_images` photos, sorted by name."""
+    rows = []
+    for line in (LFW / "people.tsv").read_text().splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) >= min_images:
+            rows.append((parts[0], int(parts[1])))
+    return sorted(rows)
+
+
+def lfw_image(name: str, i: int) -> Path:
+    return LFW / name / f"{name}_{i:04d}.jpg"
+
+
+@pytest.fixture(scope="session")
+def lfw_dir() -> Path:
+    if not LFW.is_dir():
+        pytest.skip("../shared/data/lfw is not present")
+    return LFW
+
+
+@pytest.fixture(scope="session")
+def gan_dir() -> Path:
+    if not GAN.is_dir():
+        pytest.skip("../shared/data/gan-faces is not present")
+    return GAN
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cuda: needs a CUDA device (skipped without one)")
+    config.addinivalue_line("markers", "slow: long-running; still part of the default run")

@@ -1,0 +1,114 @@
+"""End to end on real photos through the public API, in `mid` (issue: cloaking engine)."""
+from __future__ import annotations
+
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import lfw_image
+
+fawkes_fast = pytest.importorskip("fawkes_fast")
+dlib = pytest.importorskip("dlib")
+
+PHOTOS = [("Aaron_Sorkin", 1), ("Abdullah_Gul", 2)]
+
+
+def native_descriptor(rgb: np.ndarray) -> np.ndarray:
+    """dlib's own pipeline (not our port): HOG, 5-point shape, compute_face_descriptor."""
+    import face_recognition_models as frm
+
+    det = dlib.get_frontal_face_detector()
+    sp = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+    rec = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+    boxes = sorted(det(rgb, 1), key=lambda r: -r.area())
+    d = np.array(rec.compute_face_descriptor(rgb, sp(rgb, boxes[0])))
+    return d / np.linalg.norm(d)
+
+
+def skimage_dssim(a: np.ndarray, b: np.ndarray) -> float:
+    from skimage.metrics import structural_similarity
+
+    s = structural_similarity(a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                              data_range=255, channel_axis=2)
+    return (1 - s) / 2
+
+
+@pytest.fixture(scope="module")
+def photos(lfw_dir):
+    from fawkes_fast.io.images import load_image
+
+    return [load_image(lfw_image(n, i)) for n, i in PHOTOS]
+
+
+@pytest.fixture(scope="module")
+def cloaker():
+    return fawkes_fast.Cloaker(mode="mid", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def png_results(cloaker, photos):
+    return cloaker.cloak(photos, seed=7, format="png")
+
+
+def test_cloak_moves_native_dlib_toward_target(png_results, photos):
+    from fawkes_fast.targets.bank import load_bank
+    from fawkes_fast.targets.select import identity_index
+
+    bank = load_bank()
+    for res, orig in zip(png_results, photos):
+        assert res.status == "cloaked", res.error
+        face = res.faces[0]
+        assert face.target is not None
+        target = bank.centroids("dlib")[identity_index(bank, face.target)]
+        cloaked = native_descriptor(res.image)
+        clean = native_descriptor(orig)
+        assert np.linalg.norm(cloaked - target) < np.linalg.norm(cloaked - clean)
+
+
+def test_budget_holds_on_saved_png_and_jpeg(cloaker, photos, png_results):
+    rho = fawkes_fast.MODES["mid"].rho
+    jpeg_results = cloaker.cloak(photos, seed=7, format="jpeg", quality=92)
+    for results in (png_results, jpeg_results):
+        for res, orig in zip(results, photos):
+            assert res.status == "cloaked", res.error
+            saved = np.asarray(Image.open(io.BytesIO(res.encoded)).convert("RGB"))
+            for f in res.faces:
+                l, t, r, b = f.region
+                measured = skimage_dssim(orig[t:b, l:r], saved[t:b, l:r])
+                assert measured <= rho * 1.02, (measured, rho)
+                assert abs(measured - f.dssim) < 1e-4  # the report tells the truth
+                assert measured > rho * 0.2  # a cloak was really applied
+
+
+def test_pixels_outside_faces_unchanged(png_results, photos):
+    for res, orig in zip(png_results, photos):
+        mask = np.ones(orig.shape[:2], bool)
+        for f in res.faces:
+            l, t, r, b = f.region
+            mask[t:b, l:r] = False
+        assert mask.any()
+        assert np.array_equal(res.image[mask], orig[mask])
+        assert not np.array_equal(res.image, orig)
+
+
+def test_same_seed_same_bytes(cloaker, photos, png_results):
+    again = cloaker.cloak(photos, seed=7, format="png")
+    assert [r.encoded for r in again] == [r.encoded for r in png_results]
+
+
+def test_threads_share_one_cloaker(cloaker, photos):
+    one = cloaker.cloak(photos[0], seed=3, format="png", steps=8)[0].encoded
+    out = [None] * 8
+
+    def work(i):
+        out[i] = cloaker.cloak(photos[0], seed=3, format="png", steps=8)[0].encoded
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(o == one for o in out)
