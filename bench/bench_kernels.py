@@ -38,8 +38,14 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+class Time(float):
+    """Median wall time in ms (a float) that also carries the best (minimum) time."""
+
+    best: float
+
+
 def timeit(fn, device, min_time=0.4, max_reps=200, warmup=2):
-    """Median wall time (ms) of fn() over repeated calls."""
+    """Median wall time (ms) of fn() over repeated calls; `.best` holds the minimum."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -50,7 +56,9 @@ def timeit(fn, device, min_time=0.4, max_reps=200, warmup=2):
         fn()
         _sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    t = Time(statistics.median(times))
+    t.best = min(times)
+    return t
 
 
 def machine():
@@ -63,6 +71,10 @@ def machine():
     except Exception:
         pass
     s = f"{name}, {os.cpu_count()} logical cores, torch {torch.__version__}, {torch.get_num_threads()} torch threads"
+    try:
+        s += ", load average at start %.2f" % os.getloadavg()[0]
+    except OSError:
+        pass
     if torch.cuda.is_available():
         s += f"; GPU {torch.cuda.get_device_name()}"
     return s
@@ -75,7 +87,8 @@ def _pair(shape, device, seed=0):
     return x.to(device), y.to(device)
 
 
-def bench_ssim(shape, device, rows, quick):
+def bench_ssim(shape, device, rows, quick, label=None):
+    label = label or device
     x, y = _pair(shape, device)
     big = x.numel() > 5e6
     kw = dict(min_time=0.2 if quick else 0.5, max_reps=20 if big else 200)
@@ -108,13 +121,14 @@ def bench_ssim(shape, device, rows, quick):
             print("fused_ssim failed:", e)
     name = "x".join(map(str, shape))
     for peer, tp in peers.items():
-        rows.append(("SSIM fwd+bwd", device, name, t_ours, peer, tp, tp / t_ours))
+        rows.append(("SSIM fwd+bwd", label, name, t_ours, peer, tp, tp / t_ours))
     if not peers:
-        rows.append(("SSIM fwd+bwd", device, name, t_ours, "-", float("nan"), float("nan")))
-    rows.append(("SSIM fwd only", device, name, t_fwd, "-", float("nan"), float("nan")))
+        rows.append(("SSIM fwd+bwd", label, name, t_ours, "-", float("nan"), float("nan")))
+    rows.append(("SSIM fwd only", label, name, t_fwd, "-", float("nan"), float("nan")))
 
 
-def bench_adam(shape, device, rows, quick, gbs):
+def bench_adam(shape, device, rows, quick, gbs, label=None):
+    label = label or device
     g = torch.Generator().manual_seed(1)
     B = shape[0]
     x0 = (torch.rand(shape, generator=g) * 200 + 25).to(device)
@@ -132,7 +146,7 @@ def bench_adam(shape, device, rows, quick, gbs):
     t_ours = timeit(ours, device, **kw)
     name = "x".join(map(str, shape))
     n = w.numel()
-    gbs.append((device, name, t_ours, 32 * n / (t_ours * 1e-3) / 1e9))
+    gbs.append((label, name, t_ours, 32 * n / (t_ours * 1e-3) / 1e9))
     for variant in ("foreach", "fused"):
         w_ref = w.clone().requires_grad_()
         try:
@@ -153,13 +167,15 @@ def bench_adam(shape, device, rows, quick, gbs):
         except RuntimeError as e:  # pragma: no cover
             print(f"torch.optim.Adam({variant}=True) failed: {e}")
             continue
-        rows.append(("tanh-Adam step", device, name, t_ours, f"torch Adam {variant} + autograd tanh", tp, tp / t_ours))
+        rows.append(("tanh-Adam step", label, name, t_ours, f"torch Adam {variant} + autograd tanh", tp, tp / t_ours))
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter timing loops")
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    ap.add_argument("--single-thread-too", action="store_true",
+                    help="also time the CPU cases with torch.set_num_threads(1) (useful on a shared machine)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS-kernels.md"))
     args = ap.parse_args(argv)
     devices = ["cpu"] if args.device == "cpu" else []
@@ -168,44 +184,83 @@ def main(argv=None):
     if args.device == "all":
         devices = ["cpu"] + [d for d in devices if d != "cpu"]
     rows, gbs = [], []
+    machine_line = machine()
+    runs = []
     for device in devices:
+        runs.append((device, device, None))
+        if device == "cpu" and args.single_thread_too:
+            runs.append((device, "cpu, 1 thread", 1))
+    default_threads = torch.get_num_threads()
+    for device, label, threads in runs:
+        torch.set_num_threads(threads or default_threads)
         ssim_shapes = [(1, 3, 150, 150), (8, 3, 150, 150), (1, 3, 1000, 1000)]
         if device == "cuda":
             ssim_shapes += [(64, 3, 224, 224), (1, 3, 3000, 4000)]
         for shape in ssim_shapes:
-            bench_ssim(shape, device, rows, args.quick)
+            bench_ssim(shape, device, rows, args.quick, label)
             print(rows[-2] if len(rows) > 1 else rows[-1], flush=True)
         for shape in [(1, 3, 150, 150), (128, 3, 150, 150)]:
-            bench_adam(shape, device, rows, args.quick, gbs)
+            bench_adam(shape, device, rows, args.quick, gbs, label)
             print(rows[-1], flush=True)
+    torch.set_num_threads(default_threads)
 
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "## Fused kernels (fawkes_fast._C)",
         "",
-        f"Machine: {machine()}. Date: {when}. Extension loaded: {ops.HAS_EXTENSION}.",
-        "Median wall time per call; SSIM = forward + backward of `ssim(x, y).sum()` w.r.t. x (y fixed);",
+        f"Machine: {machine_line}. Date: {when}. Extension loaded: {ops.HAS_EXTENSION}.",
+        "Median wall time per call (best-of-run in brackets: the machine may be shared); SSIM = forward + backward of `ssim(x, y).sum()` w.r.t. x (y fixed);",
         "tanh-Adam = one in-place step of all images (peer: tanh map forward+backward in autograd +",
-        "`torch.optim.Adam.step`). Speed-up = peer time / ours.",
+        "`torch.optim.Adam.step`). Speed-up = peer median / our median [peer best / our best].",
         "",
         "| op | device | shape | ours (ms) | peer | peer (ms) | speed-up |",
         "|---|---|---|---:|---|---:|---:|",
     ]
     for op, dev, shape, t, peer, tp, r in rows:
-        tp_s = f"{tp:.3f}" if tp == tp else "-"
-        r_s = f"{r:.1f}x" if r == r else "-"
-        lines.append(f"| {op} | {dev} | {shape} | {t:.3f} | {peer} | {tp_s} | {r_s} |")
+        tp_s = f"{tp:.3f} [{tp.best:.3f}]" if tp == tp else "-"
+        r_s = f"{r:.1f}x [{tp.best / t.best:.1f}x]" if r == r else "-"
+        lines.append(f"| {op} | {dev} | {shape} | {t:.3f} [{t.best:.3f}] | {peer} | {tp_s} | {r_s} |")
     if gbs:
         lines += ["", "tanh-Adam effective bandwidth (32 B/element moved: read w, m, v, grad; write w, m, v, x;",
                   "the floor without the x write is 28 B/element):", "",
                   "| device | shape | ours (ms) | GB/s |", "|---|---|---:|---:|"]
         for dev, shape, t, bw in gbs:
-            lines.append(f"| {dev} | {shape} | {t:.3f} | {bw:.1f} |")
+            lines.append(f"| {dev} | {shape} | {t:.3f} [{t.best:.3f}] | {bw:.1f} [{bw * t / t.best:.1f}] |")
     text = "\n".join(lines) + "\n"
     print(text)
     with open(args.out, "w") as f:
         f.write(text)
     print("wrote", args.out)
+
+
+# ------------------------------------------------ pytest-benchmark entry points (opt-in):
+#   pytest bench/bench_kernels.py --benchmark-only
+def test_bench_ssim_fwd_bwd_ours(benchmark):
+    x, y = _pair((1, 3, 150, 150), "cpu")
+
+    def run():
+        xr = x.detach().requires_grad_()
+        ops.ssim(xr, y).sum().backward()
+    benchmark(run)
+
+
+def test_bench_ssim_fwd_bwd_msssim(benchmark):
+    import pytest
+
+    if pytorch_msssim is None:
+        pytest.skip("pytorch-msssim not installed")
+    x, y = _pair((1, 3, 150, 150), "cpu")
+
+    def run():
+        xr = x.detach().requires_grad_()
+        pytorch_msssim.ssim(xr, y, data_range=255, size_average=False).sum().backward()
+    benchmark(run)
+
+
+def test_bench_tanh_adam_ours(benchmark):
+    w = torch.zeros(8, 3, 150, 150)
+    m, v, x, g = torch.zeros_like(w), torch.zeros_like(w), torch.zeros_like(w), torch.randn_like(w)
+    benchmark(ops.tanh_adam_step, w, m, v, x, g, torch.full((8,), 5.0), torch.full((8,), 0.01))
 
 
 if __name__ == "__main__":

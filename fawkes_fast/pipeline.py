@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 REGION_MULTIPLE = 16
 REGION_MARGIN = 6  # px beyond the chips' footprint: SSIM window half-width plus bilinear support
+MAX_CHIP_SCALE = 1.5  # working pixels per chip pixel: above it bilinear sampling would alias
 
 
 def resolve_device(device=None) -> torch.device:
@@ -82,7 +83,11 @@ def face_region(chip_mats: list[np.ndarray], chip_sizes: list[int], max_work: in
     side = int(math.ceil(max(hi - lo) / REGION_MULTIPLE) * REGION_MULTIPLE)
     centre = (lo + hi) / 2
     x0, y0 = (int(math.floor(c - side / 2)) for c in centre)
-    work = side if side <= max_work else max_work
+    # the working crop is as coarse as the extractors allow (speed) but never so fine that
+    # their chips would alias when sampled from it (so one batched grid_sample suffices)
+    chip_scale = max(math.sqrt(abs(np.linalg.det(np.asarray(m, np.float64)[:, :2]))) for m in chip_mats)
+    no_alias = int(side * MAX_CHIP_SCALE / chip_scale) // REGION_MULTIPLE * REGION_MULTIPLE
+    work = max(REGION_MULTIPLE, min(side, max_work, no_alias))
     return Region(x0=x0, y0=y0, side=side, work=work)
 
 
@@ -92,7 +97,7 @@ def crop_region(image: np.ndarray, region: Region, device) -> torch.Tensor:
     l, t, r, b = region.clipped(h, w)
     out = torch.zeros(3, region.side, region.side, device=device)
     if r > l and b > t:
-        patch = torch.from_numpy(np.ascontiguousarray(image[t:b, l:r])).to(device)
+        patch = torch.from_numpy(np.array(image[t:b, l:r])).to(device)  # a copy: inputs may be read-only
         out[:, t - region.y0:b - region.y0, l - region.x0:r - region.x0] = patch.permute(2, 0, 1).float()
     if region.work != region.side:
         out = F.interpolate(out[None], size=(region.work, region.work), mode="bilinear",
@@ -155,10 +160,12 @@ class FacePipeline:
             mats.append([work_matrices(c, region) for c in chip])
         return regions, mats
 
-    def chips(self, crops: torch.Tensor, mats: torch.Tensor, ext) -> torch.Tensor:
-        from .faces.align import warp_chips
+    @staticmethod
+    def chips(crops: torch.Tensor, mats: torch.Tensor, ext) -> torch.Tensor:
+        """(B, 3, S, S) chips from same-sized working crops (one chip per crop)."""
+        from .faces.align import warp_batch
 
-        return warp_chips(crops, mats, ext.chip_size)
+        return warp_batch(crops, mats, ext.chip_size)
 
     def features(self, image: np.ndarray, faces) -> list[np.ndarray]:
         """Per extractor, (n, D) normalised features of the given faces of a photo."""

@@ -237,3 +237,43 @@ def test_chip_outside_image_is_zero():
     chip = warp_chips(img, M, 32)
     assert chip.shape == (1, 3, 32, 32) and float(chip.detach().abs().sum()) == 0.0
     chip.sum().backward()
+
+
+def test_border_padding_matches_cv2_replicate(lfw_shapes):
+    rgb, _, lm = lfw_shapes[2]
+    M = dlib_chip_matrix(lm, size=150, padding=2.0)[0]       # big padding: leaves the photo
+    ours = _np(warp_chips(_t(rgb), M, 150, padding_mode="border", antialias=False)[0])
+    ref = cv2.warpAffine(rgb.astype(np.float64), invert_affine(M), (150, 150),
+                         flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    assert np.abs(ours - ref).mean() < 0.1
+    zeros = _np(warp_chips(_t(rgb), M, 150)[0])
+    assert (zeros == 0).all(axis=2).mean() > 0.05             # black outside the photo
+    with pytest.raises(ValueError):
+        warp_chips(_t(rgb), M, 150, padding_mode="reflection")
+
+
+def test_dlib_pyramid_mode_parity_on_big_faces(gan_dir, dlib_models):
+    """512-px GAN faces: dlib samples 150-px chips from a pyramid level; antialias='dlib'
+    reproduces it (remaining gap: dlib's uint8 truncation per level)."""
+    det, sp = dlib_models
+    d_dlib, d_tri = [], []
+    for i in range(0, 60, 10):
+        rgb = load_image(gan_dir / f"gan_{i:03d}.jpg")
+        rects = det(rgb, 0)
+        if not rects:
+            continue
+        shape = sp(rgb, rects[0])
+        lm = np.array([[p.x, p.y] for p in shape.parts()], np.float64)
+        ref = np.asarray(dlib.get_face_chip(rgb, shape, size=150, padding=0.25), np.float64)
+        M = dlib_chip_matrix(lm)
+        assert np.sqrt(abs(np.linalg.det(M[0, :, :2]))) > 2       # pyramid territory
+        d_dlib.append(np.abs(_np(warp_chips(_t(rgb), M, 150, antialias="dlib")[0]) - ref).mean())
+        d_tri.append(np.abs(_np(warp_chips(_t(rgb), M, 150)[0]) - ref).mean())
+    assert len(d_dlib) >= 4
+    print(f"GAN 512px: dlib-pyramid mode {np.mean(d_dlib):.3f}, triangle AA {np.mean(d_tri):.3f}")
+    assert np.mean(d_dlib) <= 1.5 and np.mean(d_dlib) < np.mean(d_tri)
+    img = _t(rgb).float().requires_grad_(True)
+    Mt = torch.tensor(M, dtype=torch.float32, requires_grad=True)
+    warp_chips(img, Mt, 150, antialias="dlib").mean().backward()
+    assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
+    assert torch.isfinite(Mt.grad).all() and Mt.grad.abs().sum() > 0

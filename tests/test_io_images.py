@@ -5,7 +5,6 @@ import io
 import os
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,6 +120,7 @@ def test_16bit_scaled_not_clipped():
 def test_array_and_source_types(tmp_path):
     base = np.random.default_rng(1).integers(0, 256, (10, 14, 3), dtype=np.uint8)
     np.testing.assert_array_equal(load_image(base), base)
+    assert not np.shares_memory(load_image(base), base)
     gray = base[..., 0]
     out = load_image(gray)
     _rgb_ok(out, 10, 14)

