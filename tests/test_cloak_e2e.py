@@ -112,3 +112,14 @@ def test_threads_share_one_cloaker(cloaker, photos):
     for t in threads:
         t.join()
     assert all(o == one for o in out)
+
+
+def test_sybil_candidates_move_toward_the_user(cloaker, photos, gan_dir):
+    candidates = sorted(gan_dir.glob("*.jpg"))[:3]
+    best = cloaker.sybil(candidates, photos[:1], count=2, seed=0, steps=15)
+    assert len(best) == 2
+    for r in best:
+        assert r.status == "cloaked", r.error
+        before, after = r.faces[0].distances["dlib"]["to_target"]
+        assert after < before  # the Sybil's features moved toward the user's
+    assert best[0].faces[0].distances["dlib"]["to_target"][1] <= best[1].faces[0].distances["dlib"]["to_target"][1]
