@@ -63,7 +63,7 @@ def _describe(src) -> str:
 class Cloaker:
     """Keeps detector and extractors warm; `cloak` may be called from several threads."""
 
-    def __init__(self, mode: str = "mid", extractors=("dlib",), device=None, detector: str = "hog",
+    def __init__(self, mode: str = "mid", extractors=("dlib",), device=None, detector: str = "auto",
                  batch_size: int = 32, max_work: int = 224, **options):
         self.mode = mode
         self.options = options
@@ -216,10 +216,8 @@ class Cloaker:
 
     def _reports(self, p, image, idx, dssims, steps, clean, tfeat, target_name, untargeted):
         """Feature distances measured on the output pixels, per face and extractor."""
-        dev, exts = self.device, self.pipeline.extractors
-        after = self._clean_features(torch.stack([crop_region(image, p.regions[j], dev) for j in range(len(p.faces))]),
-                                     [torch.as_tensor(np.stack([p.mats[j][k] for j in range(len(p.faces))]),
-                                                      dtype=torch.float32, device=dev) for k in range(len(exts))])
+        exts = self.pipeline.extractors
+        after = [torch.as_tensor(f, device=self.device) for f in self.pipeline.features(image, p.faces)]
         reports = []
         h, w = image.shape[:2]
         for j, i in enumerate(idx):

@@ -114,7 +114,7 @@ def work_matrices(chip_mat: np.ndarray, region: Region) -> np.ndarray:
 class FacePipeline:
     """A detector plus extractors, loaded lazily and shared by threads."""
 
-    def __init__(self, extractors=("dlib",), device=None, detector="hog", min_face=40, max_work=224):
+    def __init__(self, extractors=("dlib",), device=None, detector="auto", min_face=40, max_work=224):
         if isinstance(extractors, str):
             extractors = (extractors,)
         if not extractors:

@@ -63,6 +63,7 @@ def _pct(v):
 
 def write_report(path, pairs, results, text_table: str) -> None:
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     plot = _plot(results)
     html = path.suffix.lower() in (".html", ".htm")
     summary = [(r.extractor, r.photos, _pct(r.protection_loo), _pct(r.protection_same), _pct(r.protection_match),

@@ -62,8 +62,9 @@ def plot_results(results: list[dict], out_dir, classifier: str = "logreg") -> li
     ax.set_ylabel(f"protection success (%), {classifier}"); ax.set_ylim(0, 105); ax.legend()
     fig.tight_layout(); p = out_dir / f"protection_{classifier}.png"; fig.savefig(p, dpi=110); plt.close(fig)
     paths.append(p)
-    sweep = sorted((r["scenario"]["cloak"]["rho"], r) for r in results
-                   if r["scenario"]["name"].startswith("rho_") and r["scenario"]["cloak"])
+    sweep = sorted(((r["scenario"]["cloak"]["rho"] if "rho" in r["scenario"]["cloak"] else 0.007), i, r)
+                   for i, r in enumerate(results) if r["scenario"]["name"].startswith("rho_") or r["scenario"]["name"] == "mid_dlib")
+    sweep = [(rho, r) for rho, _, r in sweep]  # mid_dlib is the rho = 0.007 point (mode "mid")
     if len(sweep) >= 2:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for t in trackers:

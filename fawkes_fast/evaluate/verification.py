@@ -2,7 +2,8 @@
 
 pairs file: "name i j" is a same-person pair, "name1 i name2 j" a different-person pair.
 Accuracy is the standard 10-fold protocol: the threshold is chosen on nine folds and scored
-on the tenth. A photo where no face is found makes its pair count as answered wrong.
+on the tenth. The face nearest the photo's centre is the subject. A photo where no face is
+found makes its pair count as answered wrong.
 """
 from __future__ import annotations
 
@@ -43,6 +44,12 @@ def subset(pairs: list[Pair], n: int) -> list[Pair]:
     return pick(same, n // 2) + pick(diff, n - n // 2)
 
 
+def central_face(boxes: np.ndarray, shape) -> int:
+    """LFW photos are centred on their subject; other faces in the photo are bystanders."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    return int(np.argmin(np.linalg.norm(centres - np.array([shape[1], shape[0]]) / 2, axis=1)))
+
+
 def pair_distances(pipeline, pairs: list[Pair], lfw: Path) -> tuple[np.ndarray, np.ndarray, int]:
     """(distances per extractor (E, P), same (P,), photos without a face). inf where a face is missing."""
     from ..io.images import load_image
@@ -51,8 +58,9 @@ def pair_distances(pipeline, pairs: list[Pair], lfw: Path) -> tuple[np.ndarray, 
 
     def feats(key):
         if key not in cache:
-            sets = pipeline.embed(load_image(Path(lfw) / key[0] / f"{key[0]}_{key[1]:04d}.jpg"))
-            cache[key] = [s.features[0] for s in sets] if len(sets[0]) else None
+            img = load_image(Path(lfw) / key[0] / f"{key[0]}_{key[1]:04d}.jpg")
+            sets = pipeline.embed(img)
+            cache[key] = [s.features[central_face(s.boxes, img.shape)] for s in sets] if len(sets[0]) else None
         return cache[key]
 
     n_ext = len(pipeline.extractors)

@@ -106,8 +106,9 @@ def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
 class FaceDetector:
     """dlib face detector + 5-point landmarks.
 
-    kind: "hog" (dlib.get_frontal_face_detector, default) or "cnn" (MMOD
-        mmod_human_face_detector.dat; slower, finds more poses).
+    kind: "hog" (dlib.get_frontal_face_detector, default), "cnn" (MMOD
+        mmod_human_face_detector.dat; slower, finds more poses), or "auto": HOG, then CNN
+        on photos where HOG finds nothing (a missed face would go out unprotected).
     min_face: drop faces whose box is smaller than this (min of width and height,
         in pixels of the original image).
     max_side: the detector runs on a copy whose longest side is at most this (default
@@ -122,29 +123,28 @@ class FaceDetector:
     def __init__(self, kind: str = "hog", min_face: int = 40, max_side: int | None = None,
                  upsample: int | None = None, upsample_below: int | None = None,
                  threshold: float = 0.0, pad: float = 0.15):
-        if kind not in ("hog", "cnn"):
-            raise ValueError(f"kind must be 'hog' or 'cnn', not {kind!r}")
+        if kind not in ("hog", "cnn", "auto"):
+            raise ValueError(f"kind must be 'hog', 'cnn' or 'auto', not {kind!r}")
         self.kind = kind
         self.min_face = float(min_face)
-        self.max_side = int(max_side if max_side is not None else
-                            (1600 if kind == "hog" else 1000))
+        self._max_side, self._upsample_below = max_side, upsample_below
         self.upsample = upsample
-        self.upsample_below = int(upsample_below if upsample_below is not None else
-                                  (1000 if kind == "hog" else 500))
         self.threshold = float(threshold)
         self.pad = float(pad)
 
-    # -- models (per thread, lazy) ---------------------------------------------------
-    def _models(self):
-        return _thread_models(self.kind)
+    def max_side(self, kind: str) -> int:
+        return int(self._max_side if self._max_side is not None else (1600 if kind == "hog" else 1000))
+
+    def upsample_below(self, kind: str) -> int:
+        return int(self._upsample_below if self._upsample_below is not None else (1000 if kind == "hog" else 500))
 
     # -- detection -------------------------------------------------------------------
-    def _raw_boxes(self, det_img: np.ndarray, detector,
+    def _raw_boxes(self, kind: str, det_img: np.ndarray, detector,
                    downscaled: bool) -> list[tuple[np.ndarray, float]]:
         h, w = det_img.shape[:2]
         up = self.upsample
         if up is None:
-            up = 1 if (not downscaled and max(h, w) <= self.upsample_below) else 0
+            up = 1 if (not downscaled and max(h, w) <= self.upsample_below(kind)) else 0
         p = int(round(self.pad * max(h, w))) if self.pad > 0 else 0
         if p:
             import cv2
@@ -153,7 +153,7 @@ class FaceDetector:
             img = det_img
         img = np.ascontiguousarray(img)
         out = []
-        if self.kind == "hog":
+        if kind == "hog":
             rects, scores, _ = detector.run(img, up, self.threshold)
             for r, s in zip(rects, scores):
                 out.append((np.array([r.left(), r.top(), r.right() + 1, r.bottom() + 1],
@@ -176,19 +176,30 @@ class FaceDetector:
             from ..io.images import load_image
             image = load_image(image)
         rgb = np.ascontiguousarray(image)
+        faces: list[Face] = []
+        if min(rgb.shape[:2]) < self.min_face:  # no face of the minimum size fits
+            return faces
+        for kind in (("hog", "cnn") if self.kind == "auto" else (self.kind,)):
+            faces = self._detect(kind, rgb)
+            if faces:
+                break
+        return faces
+
+    def _detect(self, kind: str, rgb: np.ndarray) -> list[Face]:
+        import dlib
         H, W = rgb.shape[:2]
-        detector, predictor = self._models()
+        detector, predictor = _thread_models(kind)
 
         scale = 1.0
         det_img = rgb
-        if max(H, W) > self.max_side:
-            scale = self.max_side / max(H, W)
+        if max(H, W) > self.max_side(kind):
+            scale = self.max_side(kind) / max(H, W)
             det_img = _resize(rgb, max(1, round(W * scale)), max(1, round(H * scale)))
         sx = W / det_img.shape[1]
         sy = H / det_img.shape[0]
 
         faces: list[Face] = []
-        for box, score in self._raw_boxes(det_img, detector, scale < 1.0):
+        for box, score in self._raw_boxes(kind, det_img, detector, scale < 1.0):
             # map box edges back to the original image
             b = np.array([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy], np.float64)
             if min(b[2] - b[0], b[3] - b[1]) < self.min_face:
