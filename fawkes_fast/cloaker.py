@@ -11,6 +11,7 @@ a Cloaker is safe to use from several threads.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,6 +71,10 @@ class Cloaker:
         settings_for(mode, **options)  # fail early on a bad mode or option
         self.pipeline = FacePipeline(extractors, device=device, detector=detector, max_work=max_work)
         self.batch_size = batch_size
+        # Loading, detection and encoding run concurrently; the tensor work of concurrent calls
+        # is taken in turn: torch's intra-op threads of several calls at once thrash the cores
+        # (measured: one dlib step went from 70 ms to over 2 s on 2 busy cores).
+        self._compute = threading.Lock()
 
     @property
     def device(self) -> torch.device:
@@ -89,7 +94,8 @@ class Cloaker:
         results, photos = self._load_and_detect(as_list(images))
         if photos:
             try:
-                self._cloak_photos(photos, results, settings, target, rng, candidates, format, quality, on_step)
+                with self._compute:
+                    self._cloak_photos(photos, results, settings, target, rng, candidates, format, quality, on_step)
             except Exception as e:  # a failure of the whole optimisation still reports per file
                 for p in photos:
                     results[p.index] = CloakResult(None, "error", f"{type(e).__name__}: {e}",
@@ -110,7 +116,8 @@ class Cloaker:
             c = np.concatenate([s[k].features[:1] for s in sets]).mean(0)  # the largest face of each photo
             user[e.name] = c / np.linalg.norm(c)
         results, photos = self._load_and_detect(as_list(candidates), largest_only=True)
-        self._cloak_photos(photos, results, settings, user, np.random.default_rng(seed), 0, None, 95, None)
+        with self._compute:
+            self._cloak_photos(photos, results, settings, user, np.random.default_rng(seed), 0, None, 95, None)
         scored = []
         for r in results:
             if r.status == "cloaked":

@@ -7,7 +7,6 @@ They are the test oracle for the C++/CUDA kernels and the fallback when the comp
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

@@ -170,7 +170,6 @@ class FaceDetector:
     def detect(self, image) -> list[Face]:
         """Faces in ``image`` (uint8 RGB H×W×3, or anything ``load_image`` accepts),
         sorted by box area, largest first."""
-        import dlib
         if not (isinstance(image, np.ndarray) and image.dtype == np.uint8
                 and image.ndim == 3 and image.shape[2] == 3):
             from ..io.images import load_image
