@@ -74,6 +74,8 @@ setup(
         "tqdm",
         "scikit-image",
         "pillow-heif",
+        "scikit-learn",  # fawkes-fast evaluate: the simulated tracker
+        "matplotlib",  # fawkes-fast evaluate: the report's plot
     ],
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},

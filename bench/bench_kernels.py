@@ -176,7 +176,7 @@ def main(argv=None):
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     ap.add_argument("--single-thread-too", action="store_true",
                     help="also time the CPU cases with torch.set_num_threads(1) (useful on a shared machine)")
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS-kernels.md"))
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "kernels.md"))
     args = ap.parse_args(argv)
     devices = ["cpu"] if args.device == "cpu" else []
     if args.device in ("cuda", "all") and torch.cuda.is_available():

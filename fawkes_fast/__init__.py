@@ -3,6 +3,7 @@
     import fawkes_fast
     results = fawkes_fast.cloak(["me.jpg"])          # -> [CloakResult]
     faces = fawkes_fast.embed("me.jpg")              # -> [FaceSet]
+    report = fawkes_fast.evaluate("originals/", "cloaked/")   # your protection, estimated
 
 Importing is cheap: torch, dlib and the models load on first use, inside a Cloaker.
 """
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "cloak": "fawkes_fast.api",
     "embed": "fawkes_fast.api",
+    "evaluate": "fawkes_fast.api",
     "Cloaker": "fawkes_fast.cloaker",
     "CloakResult": "fawkes_fast.cloaker",
     "FaceReport": "fawkes_fast.cloaker",

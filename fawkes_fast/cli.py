@@ -2,6 +2,7 @@
 
     fawkes-fast cloak PATH... [-o DIR] [--mode low|mid|high] [--format png|jpeg] ...
     fawkes-fast demo [-o DIR]
+    fawkes-fast evaluate --original DIR --cloaked DIR [--extractor NAME ...] [--report PATH]
     fawkes-fast models build
 """
 from __future__ import annotations
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="cloak scikit-image's astronaut portrait")
     d.add_argument("-o", "--output", metavar="DIR", default="fawkes-demo")
     _cloak_args(d)
+    from .evaluate.cli_evaluate import add_parser as add_evaluate
+
+    add_evaluate(sub)
     m = sub.add_parser("models", help="manage converted models")
     m.add_argument("action", choices=("build",))
     m.add_argument("--force", action="store_true")
@@ -166,6 +170,8 @@ def cmd_models(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "evaluate":
+        return args.func(args)
     return {"cloak": cmd_cloak, "demo": cmd_demo, "models": cmd_models}[args.command](args)
 
 

@@ -114,7 +114,8 @@ def work_matrices(chip_mat: np.ndarray, region: Region) -> np.ndarray:
 class FacePipeline:
     """A detector plus extractors, loaded lazily and shared by threads."""
 
-    def __init__(self, extractors=("dlib",), device=None, detector="auto", min_face=40, max_work=224):
+    def __init__(self, extractors=("dlib",), device=None, detector="auto", min_face=40, max_work=224,
+                 flip: bool = False):
         if isinstance(extractors, str):
             extractors = (extractors,)
         if not extractors:
@@ -124,6 +125,7 @@ class FacePipeline:
         self.detector_kind = detector
         self.min_face = min_face
         self.max_work = max_work
+        self.flip = flip  # flip-averaged features in features()/embed() (the optimiser never flips)
         self._lock = threading.Lock()
         self._detector = None
         self._extractors = None
@@ -179,7 +181,7 @@ class FacePipeline:
                 crop = crop_region(image, region, self.device)[None]
                 for k, e in enumerate(exts):
                     mat = torch.as_tensor(m[k], dtype=torch.float32, device=self.device)[None]
-                    out[k].append(e.features(self.chips(crop, mat, e)).cpu())
+                    out[k].append(e.features(self.chips(crop, mat, e), flip=self.flip).cpu())
         return [torch.cat(f).numpy().astype(np.float32) for f in out]
 
     def embed(self, image: np.ndarray) -> list[FaceSet]:

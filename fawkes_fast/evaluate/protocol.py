@@ -44,7 +44,9 @@ def scenarios() -> dict[str, Scenario]:
          Scenario("mid_dlib", MID),  # dlib->dlib (same), dlib->SFace (cross)
          Scenario("mid_sface", {**MID, "extractors": ["sface"]}),  # SFace->SFace, SFace->dlib
          Scenario("mid_joint", {**MID, "extractors": ["dlib", "sface"]})]
-    s += [Scenario(f"rho_{r}", {**MID, "rho": r}) for r in (0.002, 0.004, 0.007, 0.012, 0.017)]
+    # the paper's Figure 4 budgets, plus 0.005 where protection turned out to switch on
+    s += [Scenario(f"rho_{r}", {**MID, "rho": r}) for r in (0.002, 0.004, 0.005, 0.007, 0.012, 0.017)]
+    s += [Scenario(f"mode_{m}", {**MID, "mode": m}) for m in ("low", "high")]  # the presets as shipped
     for p in (0, 0.1, 0.2, 0.3, 0.5):
         s.append(Scenario(f"leak_{p}", MID, ("dlib",), leak=p))
         s += [Scenario(f"leak_{p}_sybil{k}", MID, ("dlib",), leak=p, sybil=k) for k in (1, 2)]

@@ -34,9 +34,15 @@ class Extractor:
         self.module = self.module.to(device)
         return self
 
-    def features(self, chips: torch.Tensor) -> torch.Tensor:
-        """L2-normalised embeddings; differentiable with respect to `chips`."""
-        return F.normalize(self.module(chips).float(), dim=1)
+    def features(self, chips: torch.Tensor, flip: bool = False) -> torch.Tensor:
+        """L2-normalised embeddings; differentiable with respect to `chips`.
+
+        flip: also embed the mirrored chips and sum (test-time flip averaging; on LFW it took
+        dlib from 98.80% to 99.06%)."""
+        if not flip:
+            return F.normalize(self.module(chips).float(), dim=1)
+        raw = self.module(torch.cat([chips, chips.flip(-1)])).float()
+        return F.normalize(raw[: len(chips)] + raw[len(chips):], dim=1)
 
     def chip_matrices(self, landmarks):
         """(N, 2, 3) chip->photo pixel affines for dlib 5-point landmarks (N, 5, 2)."""
