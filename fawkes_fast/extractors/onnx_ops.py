@@ -5,6 +5,7 @@ and ``step.opset`` the default-domain opset. Missing optional inputs arrive as N
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -73,33 +74,14 @@ def _pow(s, a, b):
     return torch.pow(a, b)
 
 
-@_op("Max")
-def _max(s, *xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = torch.maximum(out, x)
-    return out
-
-
-@_op("Min")
-def _min(s, *xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = torch.minimum(out, x)
-    return out
-
-
-@_op("Sum")
-def _sum(s, *xs):
-    out = xs[0]
-    for x in xs[1:]:
-        out = out + x
-    return out
+# variadic elementwise ops: fold the inputs pairwise
+for _name, _fn in (("Max", torch.maximum), ("Min", torch.minimum), ("Sum", torch.add)):
+    _op(_name)(lambda s, *xs, _fn=_fn: functools.reduce(_fn, xs))
 
 
 @_op("Mean")
 def _mean(s, *xs):
-    return _sum(s, *xs) / len(xs)
+    return functools.reduce(torch.add, xs) / len(xs)
 
 
 @_op("Equal")
