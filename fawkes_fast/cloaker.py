@@ -204,7 +204,8 @@ class Cloaker:
                 chunk = idx[s:s + self.batch_size]
                 out = optimise(exts, self.pipeline.chips, torch.stack([crops[i] for i in chunk]),
                                [mm[chunk] for mm in mats], [t[chunk] for t in tfeat], settings,
-                               untargeted=untargeted, on_step=on_step, seed=int(rng.integers(2**31)))
+                               untargeted=untargeted, on_step=on_step, seed=int(rng.integers(2**31)),
+                               clean=[c[chunk] for c in clean])
                 for r, i in enumerate(chunk):
                     best[i], steps[i] = out.best[r], int(out.steps[r])
 

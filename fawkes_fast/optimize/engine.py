@@ -37,12 +37,14 @@ def _distances(exts, chips_fn, x, mats, targets, untargeted):
 
 
 def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets: list[torch.Tensor],
-             settings: Settings, untargeted: bool = False, on_step=None, seed: int = 0) -> BatchResult:
+             settings: Settings, untargeted: bool = False, on_step=None, seed: int = 0,
+             clean: list[torch.Tensor] | None = None) -> BatchResult:
     """Cloak a batch of same-sized face crops. `chips_fn(x, mats, ext)` cuts an extractor's chips.
 
     `targets[k]` are L2-normalised (B, D) features for extractor k; when `untargeted`, they are
     the faces' own clean features and the loss pushes away from them instead (from a tiny,
-    seeded random start: at x0 itself that loss has a zero gradient).
+    seeded random start: at x0 itself that loss has a zero gradient). `clean[k]`, the faces'
+    features at x0 when the caller already has them, saves one extractor pass.
     """
     B = x0.shape[0]
     dev = x0.device
@@ -60,8 +62,12 @@ def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets
     with torch.no_grad():
         # targeted: each extractor's distance is measured in units of where it started;
         # untargeted distances start at 0 and are used as they are (normalised features, <= 4)
-        d0 = (torch.ones(len(exts), B, device=dev) if untargeted else
-              _distances(exts, chips_fn, x0, mats, targets, False).clamp_min(1e-6))
+        if untargeted:
+            d0 = torch.ones(len(exts), B, device=dev)
+        elif clean is not None:
+            d0 = torch.stack([(c - t).pow(2).sum(1) for c, t in zip(clean, targets)]).clamp_min(1e-6)
+        else:
+            d0 = _distances(exts, chips_fn, x0, mats, targets, False).clamp_min(1e-6)
     best = x0.clone()
     best_loss = torch.full((B,), float("inf"), device=dev)
     best_dssim = torch.zeros(B, device=dev)
