@@ -1,6 +1,6 @@
 """Cloaking speed against the peer (../shared/peer/peer_step.py), same extractor, inputs, device.
 
-    python bench/bench_cloak.py [--device cpu|cuda] [--batch 1 8] [--photos 3] [--out bench/results/cloak.md]
+    python bench/bench_cloak.py [--device cpu|cuda] [--batch 1 8] [--photos 3] [--transfer] [--out bench/results/cloak.md]
 
 1. One optimisation step at batch B: our engine (warp + extractor + fused SSIM + fused tanh-Adam,
    early stopping off) versus the peer's eager step (pytorch-msssim, torch.optim.Adam) on the
@@ -22,8 +22,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-sys.path.insert(0, str(SHARED / "peer"))
+SHARED = ROOT.parent / "shared"  # --shared overrides (e.g. a copy carried to a GPU machine)
 
 
 def _sync(dev):
@@ -96,11 +95,11 @@ def bench_step(pipe, photos, batch, dev, iters):
     return ours, theirs
 
 
-def bench_photo(photos, dev, mode, peer_step_s):
+def bench_photo(photos, dev, mode, peer_step_s, extractors=("dlib",), **options):
     from fawkes_fast import Cloaker
     from fawkes_fast.optimize.modes import MODES
 
-    cloaker = Cloaker(mode=mode, device=dev)
+    cloaker = Cloaker(mode=mode, device=dev, extractors=extractors, **options)
     cloaker.cloak(photos[0][0], seed=0, steps=2)  # warm-up: models loaded, caches built
     times, steps = [], []
     for img, _ in photos:
@@ -112,14 +111,26 @@ def bench_photo(photos, dev, mode, peer_step_s):
     return float(np.mean(times)), float(np.mean(steps)), MODES[mode].steps * peer_step_s
 
 
+TRANSFER_VARIANTS = [("dlib, flip", ("dlib",), {"flip": True}),
+                     ("dlib, diversity 1", ("dlib",), {"diversity": 1.0}),
+                     ("dlib-robust", ("dlib-robust",), {}),
+                     ("dlib-robust, diversity 1", ("dlib-robust",), {"diversity": 1.0}),
+                     ("dlib + dlib-robust", ("dlib", "dlib-robust"), {})]
+
+
 def main():
+    global SHARED
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--photos", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cloak.md"))
+    ap.add_argument("--shared", default=str(SHARED), help="folder holding peer/ and data/lfw/")
+    ap.add_argument("--transfer", action="store_true", help="also time the transfer options (issue #6)")
     args = ap.parse_args()
+    SHARED = Path(args.shared)
+    sys.path.insert(0, str(SHARED / "peer"))
     dev = torch.device(args.device)
 
     from fawkes_fast.pipeline import FacePipeline
@@ -139,6 +150,13 @@ def main():
         lines.append(f"| `{mode}` one-face photo, end to end ({steps:.0f} steps used) | {secs:.2f} s | "
                      f"{peer:.2f} s (mode's max steps × peer step) | {peer / secs:.2f}× |")
         print(lines[-1], flush=True)
+    if args.transfer:  # issue #6: what the transfer options cost, `mid`, against plain dlib
+        base = bench_photo(photos[:args.photos], dev, "mid", peer1)[0]
+        for label, exts, opts in TRANSFER_VARIANTS:
+            secs, steps, _ = bench_photo(photos[:args.photos], dev, "mid", peer1, exts, **opts)
+            lines.append(f"| `mid` photo, {label} ({steps:.0f} steps used) | {secs:.2f} s | plain dlib {base:.2f} s | "
+                         f"{secs / base:.2f}× the time |")
+            print(lines[-1], flush=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
 
 

@@ -4,6 +4,7 @@ a Markdown table and plots into bench/results/. Resumable: a scenario whose JSON
     python bench/protection.py --scenarios uncloaked,mid_dlib,rho_0.004 --users 3 --max-train 10
     python bench/protection.py --scenarios all --users 10          # the full matrix (GPU advised)
     python bench/protection.py --list
+    python bench/protection.py --scenarios all --users 10 --max-train 10 --out bench/results/users10 --readme README.md
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from fawkes_fast.evaluate.protocol import Config, run_scenario, scenarios  # noqa: E402
-from fawkes_fast.evaluate.report import markdown_table, plot_results  # noqa: E402
+from fawkes_fast.evaluate.report import markdown_table, plot_results, replace_block, summary_table  # noqa: E402
 from fawkes_fast.evaluate.trackers import CLASSIFIERS  # noqa: E402
 
 
@@ -38,6 +39,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--tag", default="", help="suffix of result file names (e.g. a run's setting)")
     ap.add_argument("--force", action="store_true", help="rerun scenarios whose JSON exists")
+    ap.add_argument("--readme", metavar="FILE", help="write the summary table between the "
+                    "<!-- protection:begin/end --> markers of FILE (e.g. README.md)")
     args = ap.parse_args()
 
     table = scenarios()
@@ -70,6 +73,8 @@ def main() -> int:
     md = markdown_table(results)
     (out / f"protection{args.tag}.md").write_text(md)
     plots = plot_results(results, out)
+    if args.readme and not replace_block(args.readme, "protection", summary_table(results)):
+        print(f"{args.readme}: no <!-- protection:begin --> / <!-- protection:end --> markers; summary not written")
     print(md)
     print("plots:", ", ".join(str(p) for p in plots))
     return 0

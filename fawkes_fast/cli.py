@@ -3,7 +3,7 @@
     fawkes-fast cloak PATH... [-o DIR] [--mode low|mid|high] [--format png|jpeg] ...
     fawkes-fast demo [-o DIR]
     fawkes-fast evaluate --original DIR --cloaked DIR [--extractor NAME ...] [--report PATH]
-    fawkes-fast models build
+    fawkes-fast models build | train-robust (see fawkes_fast/extractors/cli_models.py)
 """
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ def _cloak_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extractor", action="append", dest="extractors", metavar="NAME",
                    help="dlib, sface, or a model file; repeat for a joint cloak (default dlib)")
     p.add_argument("--target", default="max", help="max, average, none, or a target-bank identity")
+    p.add_argument("--diversity", type=float, default=None, metavar="S",
+                   help="random resize/shift/blur/JPEG each step (0-1; helps transfer to unseen trackers)")
+    p.add_argument("--flip", action="store_true", default=None, help="flip-averaged features while optimising")
     p.add_argument("--keep-metadata", action="store_true", help="keep EXIF (incl. GPS) and ICC profile")
     p.add_argument("--overwrite", action="store_true", help="replace existing *_cloaked outputs")
     p.add_argument("--json", dest="json_report", metavar="REPORT", help="write a JSON report here")
@@ -43,9 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     from .evaluate.cli_evaluate import add_parser as add_evaluate
 
     add_evaluate(sub)
-    m = sub.add_parser("models", help="manage converted models")
-    m.add_argument("action", choices=("build",))
-    m.add_argument("--force", action="store_true")
+    from .extractors.cli_models import add_parser as add_models
+
+    add_models(sub)
     return ap
 
 
@@ -83,7 +86,8 @@ def _run_cloak(jobs, args) -> list[dict]:
     from . import Cloaker
     from .cloaker import CloakResult
 
-    cloaker = Cloaker(mode=args.mode, extractors=tuple(args.extractors or ("dlib",)), device=args.device)
+    transfer = {k: v for k, v in (("diversity", args.diversity), ("flip", args.flip)) if v is not None}
+    cloaker = Cloaker(mode=args.mode, extractors=tuple(args.extractors or ("dlib",)), device=args.device, **transfer)
     protect = [j.source for j in jobs]
     bar = None
     if not args.quiet:
@@ -158,21 +162,11 @@ def cmd_demo(args) -> int:
     return code
 
 
-def cmd_models(args) -> int:
-    from .extractors import BUILTIN, build_builtin
-
-    for name in BUILTIN:
-        t0 = time.perf_counter()
-        path = build_builtin(name, force=args.force)
-        print(f"{name}: {path} ({time.perf_counter() - t0:.1f} s)")
-    return 0
-
-
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "evaluate":
+    if args.command in ("evaluate", "models"):
         return args.func(args)
-    return {"cloak": cmd_cloak, "demo": cmd_demo, "models": cmd_models}[args.command](args)
+    return {"cloak": cmd_cloak, "demo": cmd_demo}[args.command](args)
 
 
 if __name__ == "__main__":

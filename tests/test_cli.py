@@ -91,3 +91,27 @@ def test_no_face_and_bad_file_statuses(tmp_path):
     assert main(["cloak", str(tmp_path / "wall.png")] + FAST) == 0
     assert not (tmp_path / "wall_cloaked.png").exists()
     assert main(["cloak", str(tmp_path / "broken.jpg"), str(tmp_path / "wall.png")] + FAST) == 1
+
+
+def test_transfer_options_reach_the_cloaker(monkeypatch, tmp_path):
+    """--diversity/--flip become Cloaker options (validated there); absent, the mode's defaults stay."""
+    import fawkes_fast.cloaker as cloaker_mod
+
+    seen = {}
+
+    class Spy(cloaker_mod.Cloaker):
+        def __init__(self, *a, **kw):
+            seen.update(kw)
+            super().__init__(*a, **kw)
+
+    import fawkes_fast
+
+    monkeypatch.setattr(cloaker_mod, "Cloaker", Spy)
+    monkeypatch.setattr(fawkes_fast, "Cloaker", Spy, raising=False)  # the lazy attribute may be cached
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    main(["cloak", str(bad), "--diversity", "0.5", "--flip", "-q"])
+    assert seen["diversity"] == 0.5 and seen["flip"] is True
+    seen.clear()
+    main(["cloak", str(bad), "-q"])
+    assert "diversity" not in seen and "flip" not in seen

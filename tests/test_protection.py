@@ -68,3 +68,20 @@ def test_uncloaked_user_is_recognised_then_cloaked_run_is_well_formed(lfw_dir):
     assert 0.5 <= d["kmeans_separation"] <= 1.0 and 0.0 <= d["centroid_flag_cloaked"] <= 1.0
     # even 10 steps of a dlib cloak must not make the user *easier* to recognise
     assert cloaked["summary"]["dlib/logreg"]["protection_mean"] >= base["summary"]["dlib/logreg"]["protection_mean"]
+
+
+def test_summary_goes_between_the_readme_markers(tmp_path):
+    from fawkes_fast.evaluate.report import replace_block, summary_table
+
+    r = {"scenario": {"name": "mid_dlib"}, "summary": {
+        "dlib/logreg": {"protection_mean": 1.0, "protection_std": 0.0, "normal_mean": 0.992, "normal_std": 0.0},
+        "dlib/match": {"protection_mean": 0.9, "protection_std": 0.1, "normal_mean": 0.99, "normal_std": 0.0}}}
+    table = summary_table([r])
+    assert "| `mid_dlib` | 100 ± 0% / 90 ± 10% | 99.2% |" in table and "sface" not in table
+    doc = tmp_path / "README.md"
+    doc.write_text("intro\n<!-- protection:begin -->\nold\n<!-- protection:end -->\nrest\n")
+    assert replace_block(doc, "protection", table)
+    text = doc.read_text()
+    assert "old" not in text and table in text and text.startswith("intro") and text.endswith("rest\n")
+    (tmp_path / "plain.md").write_text("no markers")
+    assert not replace_block(tmp_path / "plain.md", "protection", table)

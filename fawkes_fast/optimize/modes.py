@@ -18,6 +18,8 @@ class Settings:
     min_improvement: float = 1e-3  # relative loss improvement that resets patience
     stop_at: float | None = None  # freeze once distance to target <= stop_at * original distance
     safety: float = 0.97  # optimise to rho * safety, leaving room for 8-bit rounding and JPEG
+    diversity: float = 0.0  # strength of random resize/shift/blur/JPEG each step (0: off); for transfer
+    flip: bool = False  # average each extractor's features with the mirrored chip's; for transfer
 
     def with_options(self, **options) -> "Settings":
         unknown = set(options) - set(self.__dataclass_fields__)
