@@ -142,7 +142,7 @@ def train(base: str, chips: torch.Tensor, recipe: Recipe, device, log=print):
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=recipe.lr)
     per_epoch = math.ceil(len(pool) / recipe.batch)
-    total = per_epoch * recipe.epochs
+    total = max(per_epoch * recipe.epochs, 1)  # epochs 0: metrics of the untouched model only
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
     history, t_start = [], time.perf_counter()
     for epoch in range(recipe.epochs):
@@ -157,7 +157,7 @@ def train(base: str, chips: torch.Tensor, recipe: Recipe, device, log=print):
             f = _features(student, torch.cat([x, xa]))
             fc, fa = f[:len(x)], f[len(x):]
             keep, robust = (fc - t).pow(2).sum(1).mean(), (fa - fc).pow(2).sum(1).mean()
-            if recipe.scale_invariant:
+            if recipe.scale_invariant and len(x) > 1:
                 robust = robust / torch.pdist(fc).pow(2).mean()
             loss = keep + recipe.beta * robust
             opt.zero_grad(set_to_none=True)
