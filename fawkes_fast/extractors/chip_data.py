@@ -57,11 +57,10 @@ def cut_chips(paths, ext, log=print) -> tuple[torch.Tensor, list[str]]:
         except ImageError as e:
             log(f"  skipped {p}: {e}")
             continue
-        faces = det.detect(rgb)
+        faces = det.detect(rgb)  # largest first
         if not faces:
             continue
-        face = max(faces, key=lambda f: f.area)
-        M = ext.chip_matrices(face.landmarks[None])
+        M = ext.chip_matrices(faces[0].landmarks[None])
         img = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float()
         chips.append(warp_chips(img, M, ext.chip_size)[0].round().clamp(0, 255).to(torch.uint8))
         kept.append(str(p))

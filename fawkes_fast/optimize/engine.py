@@ -28,18 +28,16 @@ class BatchResult:
     steps: torch.Tensor  # (B,) Adam steps each face took
 
 
-def _distances(exts, chips_fn, x, mats, targets, untargeted, settings=None, gen=None):
-    """(B,) per-extractor squared feature distances, stacked to (E, B). With `settings`, the
-    transfer options apply: random transformations (`diversity`) and flip averaging (`flip`)."""
+def _distances(exts, chips_fn, x, mats, targets, untargeted, flip=False, diversity=0.0, gen=None):
+    """(B,) per-extractor squared feature distances, stacked to (E, B). `flip` and `diversity`
+    (random transformations drawn from `gen`) are the transfer options of Settings."""
     out = []
-    diversity = settings.diversity if settings is not None else 0.0
     for k, ext in enumerate(exts):
         m = jitter_mats(mats[k], ext.chip_size, diversity, gen) if diversity > 0 else mats[k]
         chips = chips_fn(x, m, ext)
         if diversity > 0:
             chips = diversify(chips, diversity, gen)
-        f = ext.features(chips, flip=settings is not None and settings.flip)
-        d = (f - targets[k]).pow(2).sum(1)
+        d = (ext.features(chips, flip=flip) - targets[k]).pow(2).sum(1)
         out.append(-d if untargeted else d)
     return torch.stack(out)
 
@@ -72,10 +70,10 @@ def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets
         # untargeted distances start at 0 and are used as they are (normalised features, <= 4)
         if untargeted:
             d0 = torch.ones(len(exts), B, device=dev)
-        elif clean is not None:
+        elif clean is not None and not settings.flip:  # the caller's features are plain, not flip-averaged
             d0 = torch.stack([(c - t).pow(2).sum(1) for c, t in zip(clean, targets)]).clamp_min(1e-6)
         else:
-            d0 = _distances(exts, chips_fn, x0, mats, targets, False).clamp_min(1e-6)
+            d0 = _distances(exts, chips_fn, x0, mats, targets, False, settings.flip).clamp_min(1e-6)
     best = x0.clone()
     best_loss = torch.full((B,), float("inf"), device=dev)
     best_dssim = torch.zeros(B, device=dev)
@@ -90,7 +88,8 @@ def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets
             break
         xa = x.index_select(0, active).requires_grad_(True)
         dist = _distances(exts, chips_fn, xa, [mm.index_select(0, active) for mm in mats],
-                          [t.index_select(0, active) for t in targets], untargeted, settings, gen)
+                          [t.index_select(0, active) for t in targets], untargeted,
+                          settings.flip, settings.diversity, gen)
         feat = (dist / d0[:, active]).sum(0)
         dss = ops.dssim(xa, x0.index_select(0, active))
         loss = feat + settings.penalty * torch.relu(dss - rho)

@@ -8,6 +8,7 @@ JPEG-like 8x8 DCT quantisation (rounding with a straight-through gradient).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,34 +42,34 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, 2, 2), mode="replicate"), k[:, None, :, None], groups=x.shape[1])
 
 
-def _dct_matrix(device, dtype) -> torch.Tensor:
+@functools.lru_cache(maxsize=8)
+def _jpeg_constants(device, dtype):
+    """(DCT matrix, RGB->YCbCr matrix, its inverse, YCbCr offset, base quantisation tables), built
+    once per device and dtype instead of on every optimiser step."""
     n = torch.arange(8, dtype=torch.float64)
     D = torch.cos((2 * n[None] + 1) * n[:, None] * math.pi / 16) * math.sqrt(2 / 8)
     D[0] /= math.sqrt(2)
-    return D.to(device=device, dtype=dtype)
+    m = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
+                     dtype=torch.float64)
+    offset = torch.tensor([128.0, 0, 0], dtype=torch.float64)[:, None, None]
+    q = torch.tensor([_LUMA, _CHROMA, _CHROMA], dtype=torch.float64).reshape(3, 1, 1, 8, 8)
+    return tuple(t.to(device=device, dtype=dtype) for t in (D, m, torch.linalg.inv(m), offset, q))
 
 
 def jpeg_like(x: torch.Tensor, quality: float) -> torch.Tensor:
     """x (B, 3, H, W) RGB in [0, 255] through YCbCr 8x8 DCT quantisation at `quality`
     (no chroma subsampling); the rounding passes gradients straight through."""
     B, C, H, W = x.shape
-    ph, pw = (-H) % 8, (-W) % 8
-    y = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    m = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]],
-                     device=x.device, dtype=x.dtype)
-    y = torch.einsum("ij,bjhw->bihw", m, y) - torch.tensor([128.0, 0, 0], device=x.device, dtype=x.dtype)[:, None, None]
+    D, m, m_inv, offset, q = _jpeg_constants(x.device, x.dtype)
+    y = F.pad(x, (0, (-W) % 8, 0, (-H) % 8), mode="replicate")
+    y = torch.einsum("ij,bjhw->bihw", m, y) - offset
     h, w = y.shape[2] // 8, y.shape[3] // 8
-    blocks = y.reshape(B, 3, h, 8, w, 8).permute(0, 1, 2, 4, 3, 5)
-    D = _dct_matrix(x.device, x.dtype)
-    coef = D @ blocks @ D.T
+    coef = D @ y.reshape(B, 3, h, 8, w, 8).permute(0, 1, 2, 4, 3, 5) @ D.T
     s = 5000 / quality if quality < 50 else 200 - 2 * quality
-    q = torch.tensor([_LUMA, _CHROMA, _CHROMA], device=x.device, dtype=x.dtype).reshape(3, 1, 1, 8, 8)
     q = ((q * s + 50) / 100).floor().clamp_min(1)
     coef = coef + ((coef / q).round() * q - coef).detach()
-    y = (D.T @ coef @ D).permute(0, 1, 2, 4, 3, 5).reshape(B, 3, h * 8, w * 8)
-    y = y + torch.tensor([128.0, 0, 0], device=x.device, dtype=x.dtype)[:, None, None]
-    y = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(m), y)
-    return y[:, :, :H, :W]
+    y = (D.T @ coef @ D).permute(0, 1, 2, 4, 3, 5).reshape(B, 3, h * 8, w * 8) + offset
+    return torch.einsum("ij,bjhw->bihw", m_inv, y)[:, :, :H, :W]
 
 
 def diversify(chips: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass
-from importlib import resources
 
 import numpy as np
+
+from ..model_files import shipped_model
 
 BANK_FILE = "target_bank.npz"
 _lock = threading.Lock()
@@ -68,11 +69,5 @@ def load_bank() -> TargetBank:
     global _cached
     with _lock:
         if _cached is None:
-            path = resources.files("fawkes_fast.models") / BANK_FILE
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"{BANK_FILE} is missing from fawkes_fast.models; rebuild it with "
-                    "python models/build_target_bank.py")
-            with resources.as_file(path) as p:
-                _cached = TargetBank.read(p)
+            _cached = TargetBank.read(shipped_model(BANK_FILE))
         return _cached
