@@ -35,6 +35,30 @@ def best_threshold(feats: np.ndarray, owner: np.ndarray) -> float:
     return float(grid[np.argmax(tpr + tnr)])
 
 
+def embed_lfw(extractors, lfw: Path, min_images: int = 4, per_identity: int = 6):
+    """(identity names, owner index per photo, {extractor: (N, D) features}) of the bank's photos."""
+    people = [line.split("\t") for line in (lfw / "people.tsv").read_text().splitlines()[1:]]
+    people = sorted((n, int(c)) for n, c in people if int(c) >= min_images)
+    pipe = FacePipeline(tuple(extractors))
+    names, owner, feats = [], [], {e: [] for e in extractors}
+    t0 = time.time()
+    for name, count in people:
+        got = 0
+        for i in range(1, min(count, per_identity) + 1):
+            sets = pipe.embed(load_image(lfw / name / f"{name}_{i:04d}.jpg"))
+            if not len(sets[0]):
+                continue
+            for e, fs in zip(extractors, sets):
+                feats[e].append(fs.features[0])
+            owner.append(len(names))
+            got += 1
+        if got:
+            names.append(name)
+        if len(names) % 50 == 0 and got:
+            print(f"{len(names)} identities, {len(owner)} photos, {time.time() - t0:.0f} s", flush=True)
+    return names, np.array(owner), {e: np.stack(v) for e, v in feats.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--lfw", default=str(HERE.parent.parent / "shared" / "data" / "lfw"))
@@ -43,28 +67,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "target_bank.npz"))
     args = ap.parse_args()
 
-    lfw = Path(args.lfw)
-    people = [line.split("\t") for line in (lfw / "people.tsv").read_text().splitlines()[1:]]
-    people = sorted((n, int(c)) for n, c in people if int(c) >= args.min_images)
-    pipe = FacePipeline(BUILTIN)
-    names, owner, feats = [], [], {e: [] for e in BUILTIN}
     t0 = time.time()
-    for name, count in people:
-        got = 0
-        for i in range(1, min(count, args.per_identity) + 1):
-            sets = pipe.embed(load_image(lfw / name / f"{name}_{i:04d}.jpg"))
-            if not len(sets[0]):
-                continue
-            for e, fs in zip(BUILTIN, sets):
-                feats[e].append(fs.features[0])
-            owner.append(len(names))
-            got += 1
-        if got:
-            names.append(name)
-        if len(names) % 50 == 0 and got:
-            print(f"{len(names)} identities, {len(owner)} photos, {time.time() - t0:.0f} s", flush=True)
-    owner = np.array(owner)
-    feats = {e: np.stack(v) for e, v in feats.items()}
+    names, owner, feats = embed_lfw(BUILTIN, Path(args.lfw), args.min_images, args.per_identity)
     thresholds = {e: best_threshold(f, owner) for e, f in feats.items()}
     bank = TargetBank(names=np.array(names), owner=owner, features=feats, thresholds=thresholds)
     bank.save(args.out, meta={"source": "LFW deep-funneled (shared/data/lfw)", "min_images": args.min_images,

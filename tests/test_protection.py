@@ -32,6 +32,17 @@ def test_scenarios_cover_the_matrix():
         assert n in s
 
 
+def test_cloak_cache_key_follows_the_weights(tmp_path):
+    """Retrained weights under the same name must never reuse cached cloaks."""
+    from fawkes_fast.evaluate.protocol import _models_version
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"weights one")
+    b.write_bytes(b"weights two")
+    assert _models_version([str(a)]) != _models_version([str(b)])
+    assert _models_version([str(a)]) == _models_version([str(a)])
+
+
 def test_countermeasures_keep_shape():
     x = np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)
     for name in countermeasures.COUNTERMEASURES:

@@ -136,6 +136,15 @@ def _engine_version() -> str:
     return h.hexdigest()[:12]
 
 
+def _models_version(extractors) -> list[str]:
+    """What identifies each extractor's weights: a built-in's cache file is keyed on its model file's
+    content, a file is hashed; retrained weights under the same name never reuse stale cloaks."""
+    from fawkes_fast.extractors import BUILTIN, build_builtin
+
+    return [build_builtin(e).name if e in BUILTIN else hashlib.sha1(Path(e).read_bytes()).hexdigest()[:12]
+            for e in extractors]
+
+
 def cloak_photos(paths: list[Path], spec: dict, seed: int, steps: int | None = None):
     """The user's uploaded files for `paths` cloaked with `spec`: (list of RGB, info). Cached on disk.
 
@@ -145,7 +154,8 @@ def cloak_photos(paths: list[Path], spec: dict, seed: int, steps: int | None = N
     opts = {k: v for k, v in spec.items() if k not in ("extractors", "mode", "target")}
     if steps is not None:
         opts["steps"] = steps
-    key = hashlib.sha1(json.dumps([[str(p) for p in paths], spec, opts, seed, _engine_version()],
+    key = hashlib.sha1(json.dumps([[str(p) for p in paths], spec, opts, seed, _engine_version(),
+                                   _models_version(spec["extractors"])],
                                   sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "evaluate" / "cloaks" / key
     meta = folder / "info.json"

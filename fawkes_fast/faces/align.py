@@ -264,14 +264,21 @@ def crop_matrix(box, out_w: int, out_h: int | None = None) -> np.ndarray:
 
 def _theta(M, H: int, W: int, size: int):
     """Normalised affine_grid theta (N,2,3) from pixel-space chip->source M (torch)."""
+    S_src, S_out = _normalisers(M.dtype, M.device, H, W, size)
+    return S_src @ _h(M) @ S_out
+
+
+@functools.lru_cache(maxsize=64)
+def _normalisers(dt, dev, H: int, W: int, size: int):
+    """The pixel<->[-1, 1] matrices of `_theta`, built once per geometry: a per-step host-to-device
+    copy would cost a transfer on every optimiser step and cannot be captured in a CUDA graph."""
     import torch
-    dt, dev = M.dtype, M.device
     S_out = torch.tensor([[size / 2.0, 0, (size - 1) / 2.0],
                           [0, size / 2.0, (size - 1) / 2.0],
                           [0, 0, 1.0]], dtype=dt, device=dev)
     S_src = torch.tensor([[2.0 / W, 0, 1.0 / W - 1.0],
                           [0, 2.0 / H, 1.0 / H - 1.0]], dtype=dt, device=dev)
-    return S_src @ _h(M) @ S_out
+    return S_src, S_out
 
 
 def _footprint(Mi: np.ndarray, size: int, margin: float) -> tuple[float, float, float, float]:

@@ -6,12 +6,15 @@ For each face crop x0 (working resolution) and per-extractor target features t_e
 
 with x = 255 * (tanh(w) + 1) / 2 and Adam on w (the fused `tanh_adam_step`). d0_e, the
 starting distance, normalises extractors so no model dominates. Each face keeps its best
-iterate within the budget and freezes (learning rate 0, skipped by the extractors) once its
-loss stalls, so a batch costs what its slowest face needs. The transfer options
+iterate within the budget and freezes (learning rate 0) once its loss stalls. On a CPU frozen
+faces are skipped, so a batch costs what its slowest face needs; on CUDA the whole batch's step is
+replayed from a CUDA graph, since there launches, not arithmetic, are the cost. The transfer options
 (`diversity`, `flip`; see transforms.py) change only what the extractors see each step.
 """
 from __future__ import annotations
 
+import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -42,15 +45,66 @@ def _distances(exts, chips_fn, x, mats, targets, untargeted, flip=False, diversi
     return torch.stack(out)
 
 
+class _EagerStep:
+    """Loss and gradient of the active faces only (saves compute where compute is the cost: CPU)."""
+
+    def __init__(self, forward, B: int):
+        self.forward, self.B = forward, B
+
+    def __call__(self, x, active_mask):
+        active = active_mask.nonzero().flatten()
+        feat, dss, dist, g = self.forward(x.index_select(0, active), active)
+        full = lambda t, fill: torch.full((*t.shape[:-1], self.B), fill, device=t.device, dtype=t.dtype).index_copy(
+            -1, active, t)  # noqa: E731
+        grad = torch.zeros_like(x).index_copy_(0, active, g)
+        return full(feat, float("inf")), full(dss, float("inf")), full(dist, float("inf")), grad
+
+
+class _GraphedStep:
+    """The whole batch's loss and gradient, captured once in a CUDA graph and replayed each step.
+
+    On a GPU the eager step is launch-bound (hundreds of small kernels, ~12 ms of CPU against ~1 ms
+    of GPU work); a replay issues them all at once. Frozen faces are computed too (their learning
+    rate is 0), which keeps every shape fixed. The graph reads `x` in place, where Adam writes."""
+
+    def __init__(self, forward, x, B: int):
+        # the graph replays raw pointers: every tensor it reads must outlive it, hence self.*
+        self.every = torch.arange(B, device=x.device)
+        self.x = x
+        run = lambda: forward(self.x, self.every)  # noqa: E731
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):  # warm-up: cuDNN/JIT choices settle before capture
+            for _ in range(3):
+                run()
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads (detection, another Cloaker) may use CUDA while we capture
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.out = run()
+
+    def __call__(self, x, active_mask):
+        self.graph.replay()
+        return self.out
+
+
+def use_cuda_graph(device: torch.device, settings: Settings) -> bool:
+    """Graphs need fixed work per step: on CUDA, without random transformations; FAWKES_FAST_CUDA_GRAPH=0
+    turns them off."""
+    return (device.type == "cuda" and settings.diversity <= 0
+            and os.environ.get("FAWKES_FAST_CUDA_GRAPH", "1") != "0")
+
+
 def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets: list[torch.Tensor],
              settings: Settings, untargeted: bool = False, on_step=None, seed: int = 0,
-             clean: list[torch.Tensor] | None = None) -> BatchResult:
+             clean: list[torch.Tensor] | None = None, graph: bool | None = None) -> BatchResult:
     """Cloak a batch of same-sized face crops. `chips_fn(x, mats, ext)` cuts an extractor's chips.
 
     `targets[k]` are L2-normalised (B, D) features for extractor k; when `untargeted`, they are
     the faces' own clean features and the loss pushes away from them instead (from a tiny,
     seeded random start: at x0 itself that loss has a zero gradient). `clean[k]`, the faces'
-    features at x0 when the caller already has them, saves one extractor pass.
+    features at x0 when the caller already has them, saves one extractor pass. `graph`: replay
+    the step as a CUDA graph (default: `use_cuda_graph`).
     """
     B = x0.shape[0]
     dev = x0.device
@@ -74,54 +128,59 @@ def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets
             d0 = torch.stack([(c - t).pow(2).sum(1) for c, t in zip(clean, targets)]).clamp_min(1e-6)
         else:
             d0 = _distances(exts, chips_fn, x0, mats, targets, False, settings.flip).clamp_min(1e-6)
+
+    def forward(xs, idx):
+        """(feature loss, DSSIM, distances, gradient) of the faces `idx`, whose crops are `xs`."""
+        xa = xs.detach().requires_grad_(True)
+        dist = _distances(exts, chips_fn, xa, [mm.index_select(0, idx) for mm in mats],
+                          [t.index_select(0, idx) for t in targets], untargeted,
+                          settings.flip, settings.diversity, gen)
+        feat = (dist / d0.index_select(1, idx)).sum(0)
+        dss = ops.dssim(xa, x0.index_select(0, idx))
+        (g,) = torch.autograd.grad((feat + settings.penalty * torch.relu(dss - rho)).sum(), xa)
+        return feat.detach(), dss.detach(), dist.detach(), g
+
+    graph = use_cuda_graph(dev, settings) if graph is None else graph
+    compute = _EagerStep(forward, B)
+    if graph:
+        try:
+            compute = _GraphedStep(forward, x, B)
+        except RuntimeError as e:  # an op this torch cannot capture: the eager step gives the same cloak
+            warnings.warn(f"CUDA graph capture failed, running eagerly: {e}", RuntimeWarning, stacklevel=2)
     best = x0.clone()
     best_loss = torch.full((B,), float("inf"), device=dev)
     best_dssim = torch.zeros(B, device=dev)
     stall = torch.zeros(B, dtype=torch.long, device=dev)
-    grad = torch.zeros_like(x)
     # under random transformations the loss is noisy: a stall says nothing, so run every step
     patience = settings.patience if settings.diversity <= 0 else settings.steps + 1
 
     for it in range(settings.steps + 1):
-        active = (lr > 0).nonzero().flatten()
-        if active.numel() == 0:
+        running = lr > 0
+        if not bool(running.any()):
             break
-        xa = x.index_select(0, active).requires_grad_(True)
-        dist = _distances(exts, chips_fn, xa, [mm.index_select(0, active) for mm in mats],
-                          [t.index_select(0, active) for t in targets], untargeted,
-                          settings.flip, settings.diversity, gen)
-        feat = (dist / d0[:, active]).sum(0)
-        dss = ops.dssim(xa, x0.index_select(0, active))
-        loss = feat + settings.penalty * torch.relu(dss - rho)
-        (g,) = torch.autograd.grad(loss.sum(), xa)
-
+        feat, dss, dist, g = compute(x, running)
         with torch.no_grad():
             # keep the best iterate that meets the budget; this x is the one the loss was taken at
-            ok = dss <= rho
-            cur = best_loss[active]
-            improved = ok & (feat < cur)
-            margin = settings.min_improvement * cur.abs()
-            significant = improved & (torch.isinf(cur) | (feat < cur - margin))
-            idx = active[improved]
-            best[idx] = xa.detach()[improved]
-            best_dssim[idx] = dss[improved]
-            best_loss[idx] = feat[improved]
+            ok = running & (dss <= rho)
+            improved = ok & (feat < best_loss)
+            margin = settings.min_improvement * best_loss.abs()
+            significant = improved & (torch.isinf(best_loss) | (feat < best_loss - margin))
+            best = torch.where(improved[:, None, None, None], x, best)
+            best_dssim = torch.where(improved, dss, best_dssim)
+            best_loss = torch.where(improved, feat, best_loss)
             # only a step inside the budget that fails to improve counts as a stall: right after
             # the start Adam often overshoots a small budget for several steps (the penalty brings
             # it back), and freezing then would leave the face uncloaked
-            stall[active] += ok.long()
-            stall[active[significant]] = 0
-            done = stall[active] >= patience
+            stall = torch.where(significant, 0, stall + ok.long())
+            done = running & (stall >= patience)
             if settings.stop_at is not None and not untargeted:
                 # paper §8.2: stop once the distance to the target is a fraction of where it began
-                done |= ok & (dist / d0[:, active] <= settings.stop_at ** 2).all(0)
+                done |= ok & (dist / d0 <= settings.stop_at ** 2).all(0)
             if it == settings.steps:
                 break
-            lr[active[done]] = 0.0
-            grad.zero_()
-            grad[active] = g
+            lr = torch.where(done, 0.0, lr)
             step += (lr > 0).float()
-            ops.tanh_adam_step(w, m, v, x, grad, step, lr, 0.0, 255.0)
+            ops.tanh_adam_step(w, m, v, x, g, step, lr, 0.0, 255.0)
             if on_step is not None:
                 on_step(int((lr > 0).sum()))
     return BatchResult(best=best, dssim=best_dssim, steps=step)
