@@ -54,10 +54,11 @@ class _EagerStep:
     def __call__(self, x, active_mask):
         active = active_mask.nonzero().flatten()
         feat, dss, dist, g = self.forward(x.index_select(0, active), active)
-        full = lambda t, fill: torch.full((*t.shape[:-1], self.B), fill, device=t.device, dtype=t.dtype).index_copy(
-            -1, active, t)  # noqa: E731
-        grad = torch.zeros_like(x).index_copy_(0, active, g)
-        return full(feat, float("inf")), full(dss, float("inf")), full(dist, float("inf")), grad
+
+        def spread(t):  # frozen faces read as infinitely far and over budget, so nothing about them changes
+            return t.new_full((*t.shape[:-1], self.B), float("inf")).index_copy(-1, active, t)
+
+        return spread(feat), spread(dss), spread(dist), torch.zeros_like(x).index_copy_(0, active, g)
 
 
 class _GraphedStep:
