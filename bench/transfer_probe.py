@@ -46,10 +46,12 @@ CASES = {  # name -> cloak spec (as in fawkes_fast.evaluate.protocol); rows in t
 
 
 def photos(lfw: Path, users: int, per_user: int, seed: int) -> list[Path]:
-    rows = [ln.split("\t") for ln in (lfw / "people.tsv").read_text().splitlines()[1:]]
-    names = sorted(n for n, c in rows if int(c) >= 10)
-    pick = sorted(np.random.default_rng(seed).choice(names, size=users, replace=False).tolist())
-    return [lfw / n / f"{n}_{i:04d}.jpg" for n in pick for i in range(1, per_user + 1)]
+    """The first `per_user` photos of `users` seeded LFW identities with >= 10 photos."""
+    from fawkes_fast.evaluate.protocol import _paths, _people
+
+    people = dict(_people(lfw, 10))
+    pick = sorted(np.random.default_rng(seed).choice(sorted(people), size=users, replace=False).tolist())
+    return [p for n in pick for p in _paths(lfw, n, people[n], per_user)]
 
 
 def probe(name: str, paths: list[Path], seed: int) -> dict:

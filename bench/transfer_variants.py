@@ -28,7 +28,7 @@ def register(variants: dict[str, Path]) -> None:
     from fawkes_fast.targets.bank import load_bank
 
     for name, weights in variants.items():
-        loading.ROBUST_WEIGHTS[name] = str(weights.resolve())  # an absolute path wins over the package folder
+        loading.ROBUST_WEIGHTS[name] = str(weights.resolve())
         loading._CONVERTERS[name] = loading._CONVERTERS["dlib"]
     extractors.BUILTIN = extractors.BUILTIN + tuple(variants)
     bank = load_bank()

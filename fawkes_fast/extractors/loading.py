@@ -17,7 +17,9 @@ from .base import Extractor
 # Source files whose content keys the cache: editing a converter rebuilds cached TorchScript.
 _CONVERTERS = {"dlib": ("dlib_resnet.py", "dlib_format.py"), "sface": ("sface.py", "onnx_import.py", "onnx_ops.py")}
 _CONVERTERS["dlib-robust"] = _CONVERTERS["dlib"]
-ROBUST_WEIGHTS = {"dlib-robust": "dlib-robust.pt"}  # shipped in fawkes_fast.models (see models/README.md)
+# name -> weights: a file shipped in fawkes_fast.models (see models/README.md), or an absolute path
+# (bench/transfer_variants.py registers unshipped variants that way)
+ROBUST_WEIGHTS = {"dlib-robust": "dlib-robust.pt"}
 
 _lock = threading.Lock()
 _modules: dict[str, torch.nn.Module] = {}
@@ -47,7 +49,9 @@ def _builtin_source(name: str):
     if name in ROBUST_WEIGHTS:
         from .dlib_resnet import CHIP_SIZE, EMBEDDING_DIM
 
-        return shipped_model(ROBUST_WEIGHTS[name]), _build_robust_dlib, "dlib", CHIP_SIZE, EMBEDDING_DIM
+        weights = Path(ROBUST_WEIGHTS[name])
+        weights = weights if weights.is_absolute() else shipped_model(weights.name)
+        return weights, _build_robust_dlib, "dlib", CHIP_SIZE, EMBEDDING_DIM
     raise ValueError(f"unknown built-in extractor {name!r}")
 
 

@@ -147,7 +147,8 @@ def train(base: str, chips: torch.Tensor, recipe: Recipe, device, log=print):
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * min(k, total) / total)))
     history, t_start = [], time.perf_counter()
     for epoch in range(recipe.epochs):
-        t0, perm, sums = time.perf_counter(), pool[torch.randperm(len(pool), generator=gen)], [0.0, 0.0]
+        t0, perm = time.perf_counter(), pool[torch.randperm(len(pool), generator=gen)]
+        sums = torch.zeros(2, device=device)  # summed on the device: no host sync per batch
         for b in range(per_epoch):
             x = chips[perm[b * recipe.batch:(b + 1) * recipe.batch]].float().to(device)
             flip = (torch.rand(len(x), generator=gen) < 0.5).to(device)
@@ -165,15 +166,13 @@ def train(base: str, chips: torch.Tensor, recipe: Recipe, device, log=print):
             loss.backward()
             opt.step()
             sched.step()
-            sums[0] += keep.item()
-            sums[1] += robust.item()
+            sums += torch.stack([keep, robust]).detach()
             if (b + 1) % 25 == 0 and b + 1 < per_epoch:
                 log(f"    batch {b + 1}/{per_epoch}, {time.perf_counter() - t0:.0f} s")
+        keep_mean, robust_mean = (sums / per_epoch).tolist()
         secs = time.perf_counter() - t0
-        history.append({"epoch": epoch + 1, "seconds": secs, "keep_loss": sums[0] / per_epoch,
-                        "robust_loss": sums[1] / per_epoch})
-        log(f"  epoch {epoch + 1}/{recipe.epochs}: {secs:.0f} s, keep {sums[0] / per_epoch:.4f}, "
-            f"robust {sums[1] / per_epoch:.4f}")
+        history.append({"epoch": epoch + 1, "seconds": secs, "keep_loss": keep_mean, "robust_loss": robust_mean})
+        log(f"  epoch {epoch + 1}/{recipe.epochs}: {secs:.0f} s, keep {keep_mean:.4f}, robust {robust_mean:.4f}")
         if recipe.max_seconds and time.perf_counter() - t_start > recipe.max_seconds and epoch + 1 < recipe.epochs:
             log(f"  stopped after epoch {epoch + 1}: max_seconds {recipe.max_seconds} reached")
             break

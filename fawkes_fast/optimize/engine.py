@@ -48,17 +48,22 @@ def _distances(exts, chips_fn, x, mats, targets, untargeted, flip=False, diversi
 class _EagerStep:
     """Loss and gradient of the active faces only (saves compute where compute is the cost: CPU)."""
 
-    def __init__(self, forward, B: int):
-        self.forward, self.B = forward, B
+    def __init__(self, forward, x):
+        self.forward, self.B = forward, x.shape[0]
+        self.every = torch.arange(self.B, device=x.device)
+        self.grad = torch.zeros_like(x)  # reused each step: frozen faces keep a zero gradient
 
     def __call__(self, x, active_mask):
         active = active_mask.nonzero().flatten()
+        if len(active) == self.B:  # nobody frozen yet (most steps): nothing to spread back
+            return self.forward(x, self.every)
         feat, dss, dist, g = self.forward(x.index_select(0, active), active)
 
         def spread(t):  # frozen faces read as infinitely far and over budget, so nothing about them changes
             return t.new_full((*t.shape[:-1], self.B), float("inf")).index_copy(-1, active, t)
 
-        return spread(feat), spread(dss), spread(dist), torch.zeros_like(x).index_copy_(0, active, g)
+        self.grad.zero_().index_copy_(0, active, g)
+        return spread(feat), spread(dss), spread(dist), self.grad
 
 
 class _GraphedStep:
@@ -142,7 +147,7 @@ def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets
         return feat.detach(), dss.detach(), dist.detach(), g
 
     graph = use_cuda_graph(dev, settings) if graph is None else graph
-    compute = _EagerStep(forward, B)
+    compute = _EagerStep(forward, x)
     if graph:
         try:
             compute = _GraphedStep(forward, x, B)
@@ -166,7 +171,7 @@ def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets
             improved = ok & (feat < best_loss)
             margin = settings.min_improvement * best_loss.abs()
             significant = improved & (torch.isinf(best_loss) | (feat < best_loss - margin))
-            best = torch.where(improved[:, None, None, None], x, best)
+            torch.where(improved[:, None, None, None], x, best, out=best)  # in place: no new image per step
             best_dssim = torch.where(improved, dss, best_dssim)
             best_loss = torch.where(improved, feat, best_loss)
             # only a step inside the budget that fails to improve counts as a stall: right after
