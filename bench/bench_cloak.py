@@ -91,7 +91,7 @@ def bench_step(pipe, photos, batch, dev, iters):
     # timed too, to show what the graph buys
     def call(graph, steps):
         settings = settings_for("mid", steps=steps, patience=10 ** 9)
-        run = lambda: optimise([ext], pipe.chips, x0, [mat], [target], settings, graph=graph)  # noqa: E731
+        run = lambda: optimise([ext], x0, [mat], [target], settings, graph=graph)  # noqa: E731
         return min(timed(run, dev, 1) for _ in range(3))  # the best of 3: one-off capture costs vary
 
     ours = {}

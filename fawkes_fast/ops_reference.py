@@ -7,7 +7,6 @@ They are the test oracle for the C++/CUDA kernels and the fallback when the comp
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
@@ -64,24 +63,15 @@ def dssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 255.0) -> torch.
     return (1.0 - ssim(x, y, data_range)) / 2.0
 
 
-def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float = 255.0) -> torch.Tensor:
-    """SSIM map averaged over channels, (B, H-10, W-10); no gradient."""
-    with torch.no_grad():
-        return ssim_map_full(x, y, data_range).mean(dim=1)
-
-
 def tanh_adam_step(w, m, v, x, grad_x, step, lr, lo=0.0, hi=255.0, beta1=0.9, beta2=0.999,
-                   eps=1e-8, grad2=None, scale2=None) -> None:
+                   eps=1e-8) -> None:
     """In-place reference of ``fawkes_fast::tanh_adam_step`` (same order of operations as
     ``torch.optim.Adam``; images with lr == 0 are left untouched)."""
     B = w.shape[0]
     bshape = (B,) + (1,) * (w.dim() - 1)
     with torch.no_grad():
-        g = grad_x
-        if grad2 is not None:
-            g = g + scale2.view(bshape) * grad2
         t = torch.tanh(w)
-        g = (g * 0.5 * float(hi - lo)) * (1 - t * t)
+        g = (grad_x * 0.5 * float(hi - lo)) * (1 - t * t)
         steps = step.detach().to("cpu", torch.float64)
         bc1 = 1.0 - torch.pow(torch.tensor(beta1, dtype=torch.float64), steps)
         bc2 = 1.0 - torch.pow(torch.tensor(beta2, dtype=torch.float64), steps)

@@ -14,18 +14,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import extractors as extractor_registry
+from .batch import FaceBatch, Photo
+from .device import resolve_device
+from .faces.align import warp_batch
+from .faces.detect import FaceDetector
+
 REGION_MULTIPLE = 16
 REGION_MARGIN = 6  # px beyond the chips' footprint: SSIM window half-width plus bilinear support
 MAX_CHIP_SCALE = 1.5  # working pixels per chip pixel: above it bilinear sampling would alias
-
-
-def resolve_device(device=None) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for, but torch sees no CUDA device")
-    return device
 
 
 def as_list(images) -> list:
@@ -64,6 +61,13 @@ class Region:
     def clipped(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the part inside the photo; right/bottom exclusive."""
         return max(self.x0, 0), max(self.y0, 0), min(self.x0 + self.side, width), min(self.y0 + self.side, height)
+
+    def box_in_work(self, box) -> tuple[int, int, int, int]:
+        """A photo-pixel box (left, top, right, bottom) in working-crop pixels, clamped to the crop."""
+        s = self.work / self.side
+        l, t, r, b = ((float(v) - o) * s for v, o in zip(box, (self.x0, self.y0, self.x0, self.y0)))
+        clamp = lambda v: int(min(max(round(v), 0), self.work))  # noqa: E731
+        return clamp(l), clamp(t), clamp(r), clamp(b)
 
     def photo_to_work(self) -> np.ndarray:
         """(3, 3) affine taking photo pixel coordinates to working-crop pixel coordinates."""
@@ -134,8 +138,6 @@ class FacePipeline:
     def detector(self):
         with self._lock:
             if self._detector is None:
-                from .faces.detect import FaceDetector
-
                 self._detector = FaceDetector(kind=self.detector_kind, min_face=self.min_face)
             return self._detector
 
@@ -143,9 +145,7 @@ class FacePipeline:
     def extractors(self):
         with self._lock:
             if self._extractors is None:
-                from . import extractors
-
-                self._extractors = [extractors.load(n, self.device) for n in self.extractor_names]
+                self._extractors = [extractor_registry.load(n, self.device) for n in self.extractor_names]
             return self._extractors
 
     def detect(self, image: np.ndarray):
@@ -165,24 +165,54 @@ class FacePipeline:
     @staticmethod
     def chips(crops: torch.Tensor, mats: torch.Tensor, ext) -> torch.Tensor:
         """(B, 3, S, S) chips from same-sized working crops (one chip per crop)."""
-        from .faces.align import warp_batch
-
         return warp_batch(crops, mats, ext.chip_size)
+
+    def batch_features(self, crops: list[torch.Tensor], mats: list[torch.Tensor], regions, max_faces: int,
+                       flip: bool = False) -> list[torch.Tensor]:
+        """Per extractor, (n, D) features of working crops, computed in same-sized groups."""
+        exts = self.extractors
+        out = [torch.empty(len(crops), e.dim, device=self.device) for e in exts]
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(regions):
+            groups.setdefault(r.work, []).append(i)
+        with torch.no_grad():
+            for idx in groups.values():
+                for s in range(0, len(idx), max_faces):
+                    part = idx[s:s + max_faces]
+                    x = torch.stack([crops[i] for i in part])
+                    for k, e in enumerate(exts):
+                        out[k][part] = e.features(self.chips(x, mats[k][part], e), flip=flip)
+        return out
+
+    def build_batch(self, photos: list[Photo], max_faces: int = 32) -> FaceBatch:
+        """Crops, warp matrices, regions and clean features of every face of `photos`."""
+        regions, mats, owner, boxes = [], [[] for _ in self.extractors], [], []
+        n = 0
+        for p_i, photo in enumerate(photos):
+            photo.first, n = n, n + len(photo.faces)
+            face_regions, face_mats = self.regions(photo.faces)
+            for face, region, m in zip(photo.faces, face_regions, face_mats):
+                regions.append(region)
+                boxes.append(region.box_in_work(face.box))
+                owner.append(p_i)
+                for k in range(len(self.extractors)):
+                    mats[k].append(m[k])
+        crops = [crop_region(photos[o].rgb, r, self.device) for o, r in zip(owner, regions)]
+        mats_t = [torch.as_tensor(np.stack(m), dtype=torch.float32, device=self.device) for m in mats]
+        clean = self.batch_features(crops, mats_t, regions, max_faces)
+        return FaceBatch(photos=photos, regions=regions, boxes=boxes, crops=crops, mats=mats_t, clean=clean,
+                         owner=owner)
 
     def features(self, image: np.ndarray, faces) -> list[np.ndarray]:
         """Per extractor, (n, D) normalised features of the given faces of a photo."""
-        exts = self.extractors
         if not faces:
-            return [np.zeros((0, e.dim), np.float32) for e in exts]
+            return [np.zeros((0, e.dim), np.float32) for e in self.extractors]
         regions, mats = self.regions(faces)
-        out = [[] for _ in exts]
-        with torch.no_grad():
-            for region, m in zip(regions, mats):
-                crop = crop_region(image, region, self.device)[None]
-                for k, e in enumerate(exts):
-                    mat = torch.as_tensor(m[k], dtype=torch.float32, device=self.device)[None]
-                    out[k].append(e.features(self.chips(crop, mat, e), flip=self.flip).cpu())
-        return [torch.cat(f).numpy().astype(np.float32) for f in out]
+        crops = [crop_region(image, r, self.device) for r in regions]
+        mats_t = [torch.as_tensor(np.stack([m[k] for m in mats]), dtype=torch.float32, device=self.device)
+                  for k in range(len(self.extractors))]
+        feats = self.batch_features(crops, mats_t, regions, max_faces=1, flip=self.flip)
+        return [f.cpu().numpy().astype(np.float32) for f in feats]
 
     def embed(self, image: np.ndarray) -> list[FaceSet]:
         """One FaceSet per extractor for a photo (faces largest first)."""

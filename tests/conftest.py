@@ -1,10 +1,20 @@
-"""Shared fixtures. Tests that need ../shared skip cleanly where it is absent."""
+"""Shared fixtures. Tests that need ../shared skip cleanly where it is absent.
+
+The tests keep their converted models in their own cache, never the user's: build/test-cache in
+the repository (ignored by git; kept between runs because building the TorchScript models is
+slow), or $FAWKES_FAST_TEST_CACHE. It is set here, before any test imports fawkes_fast, and is
+inherited by the subprocesses tests start.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_CACHE = Path(os.environ.get("FAWKES_FAST_TEST_CACHE", REPO / "build" / "test-cache"))
+os.environ["FAWKES_FAST_CACHE"] = str(TEST_CACHE)
 
 SHARED = Path(os.environ.get("FAWKES_FAST_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 LFW = SHARED / "data" / "lfw"

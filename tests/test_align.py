@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import lfw_image, lfw_people
-from fawkes_fast.faces.align import (ARCFACE_DST, apply_affine, arcface_chip_matrix,
+from fawkes_fast.faces.align import (ARCFACE_DST, DLIB5_MEAN_FACE, apply_affine, arcface_chip_matrix,
                                      arcface_dlib5_template, arcface_reference_matrix,
                                      opencv_aligncrop_matrix,
                                      chip_matrix, compose, crop_matrix, dlib_chip_matrix,
@@ -87,6 +87,7 @@ def test_dlib_chip_batch_and_dispatch(lfw_shapes):
     assert M.shape == (3, 2, 3)
     np.testing.assert_allclose(chip_matrix("dlib", lms), M)
     np.testing.assert_allclose(chip_matrix("arcface", lms), arcface_chip_matrix(lms))
+    np.testing.assert_allclose(chip_matrix("sface_yunet", lms), arcface_reference_matrix(lms))
     imgs = torch.cat([_t(rgb) for rgb, _, _ in lfw_shapes[:3]])
     batch = warp_chips(imgs, M, 150)
     one = warp_chips(imgs[1:2], M[1:2], 150)
@@ -130,9 +131,12 @@ def test_arcface_vs_opencv_aligncrop(lfw_dir):
         M = opencv_aligncrop_matrix(row, rgb.shape[:2], sface)
         ours = _np(warp_chips(_t(rgb), M[None], 112)[0])
         assert np.abs(ours - ref).mean() < 0.5   # cv2 bilinear is fixed point (1/32 px)
-        # the least-squares ArcFace fit is close to it (same template, different estimator)
+        # computed directly (alignCrop's image -> chip least-squares fit, inverted): the same
         Mls = arcface_reference_matrix(row[4:14].reshape(5, 2))[0]
-        assert np.abs(apply_affine(Mls, ARCFACE_DST) - apply_affine(M, ARCFACE_DST)).max() < 15
+        assert np.abs(apply_affine(Mls, ARCFACE_DST) - apply_affine(M, ARCFACE_DST)).max() < 0.01
+        # the reverse (chip -> image) fit is not: least squares is not symmetric in scale
+        Mrev = umeyama(ARCFACE_DST, row[4:14].reshape(5, 2))[0]
+        assert np.abs(apply_affine(Mrev, ARCFACE_DST) - apply_affine(M, ARCFACE_DST)).max() > 0.02
         # our dlib-5 ArcFace template puts YuNet's eyes/nose near the ArcFace points
         Md = arcface_chip_matrix(faces[0].landmarks)[0]
         y_in_chip = apply_affine(invert_affine(Md), row[4:14].reshape(5, 2))
@@ -277,3 +281,41 @@ def test_dlib_pyramid_mode_parity_on_big_faces(gan_dir, dlib_models):
     warp_chips(img, Mt, 150, antialias="dlib").mean().backward()
     assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
     assert torch.isfinite(Mt.grad).all() and Mt.grad.abs().sum() > 0
+
+
+def test_aligncrop_matrix_sizes_and_degenerate_points():
+    pts = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                    [41.5493, 92.3655], [70.7299, 92.2041]])
+    # the template's own points give (nearly) the identity; other sizes keep pixel centres
+    np.testing.assert_allclose(arcface_reference_matrix(pts)[0], translate_scale(0, 0, 1), atol=2e-4)
+    np.testing.assert_allclose(arcface_reference_matrix((pts + 0.5) / 2 - 0.5, size=56)[0],
+                               translate_scale(0, 0, 1), atol=2e-4)
+    with pytest.raises(ValueError):
+        arcface_reference_matrix(np.ones((5, 2)))
+    with pytest.raises(ValueError):
+        arcface_reference_matrix(pts[:4])
+
+
+def _corner_shift(mats, size):
+    c = np.array([[0, 0], [size - 1, 0], [0, size - 1], [size - 1, size - 1]], np.float64)
+    return np.linalg.norm(apply_affine(mats.double().numpy(), c) - c, axis=-1)
+
+
+def test_similarity_jitter_bounds():
+    from fawkes_fast.optimize.transforms import similarity_jitter
+
+    eye = torch.eye(2, 3, dtype=torch.float64).repeat(500, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    torch.testing.assert_close(similarity_jitter(eye, 112, 0.0, gen), eye)
+    for s in (0.5, 1.0):
+        d = _corner_shift(similarity_jitter(eye, 112, s, gen), 112)
+        # rotation 3 deg, scale 3 %, shift 2 px (x and y) at s=1: at most ~7.6 px at a corner
+        assert d.max() <= 7.7 * s and d.mean() > 1.5 * s
+    J = similarity_jitter(eye, 112, 1.0, gen)
+    lin = J[:, :, :2].numpy()
+    assert np.allclose(lin[:, 0, 0], lin[:, 1, 1]) and np.allclose(lin[:, 0, 1], -lin[:, 1, 0])  # a similarity
+    # composed after the chip matrix: M' = M o J (the chip samples a jittered photo region)
+    M = torch.tensor(dlib_chip_matrix(np.array(DLIB5_MEAN_FACE) * 90 + 40, 112))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.testing.assert_close(similarity_jitter(M, 112, 1.0, g1), compose(M, similarity_jitter(
+        torch.eye(2, 3, dtype=torch.float64)[None], 112, 1.0, g2)))

@@ -1,8 +1,15 @@
-"""`fawkes-fast cloak`: naming, safety, metadata, exit codes."""
+"""`fawkes-fast cloak`: naming, safety, metadata, validation, interrupts, exit codes."""
 from __future__ import annotations
 
+import io
 import json
+import os
 import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +20,7 @@ from conftest import lfw_image
 from fawkes_fast.cli import main
 
 FAST = ["--seed", "0", "-q"]
+FEW_STEPS = "import fawkes_fast.optimize.modes as m; m.MODES['mid'] = m.MODES['mid'].with_options(steps=3)"
 
 
 @pytest.fixture()
@@ -31,24 +39,62 @@ def few_steps(monkeypatch):
     monkeypatch.setitem(modes.MODES, "mid", modes.MODES["mid"].with_options(steps=3))
 
 
+@pytest.fixture()
+def cloak_calls(monkeypatch):
+    """Records the sources of every Cloaker.cloak call."""
+    import fawkes_fast.cloaker as cloaker_mod
+
+    calls, real = [], cloaker_mod.Cloaker.cloak
+
+    def spy(self, images, **kw):
+        calls.append(list(images))
+        return real(self, images, **kw)
+
+    monkeypatch.setattr(cloaker_mod.Cloaker, "cloak", spy)
+    return calls
+
+
+def _rows(path):
+    return json.loads(path.read_text())
+
+
 def test_folder_recurses_and_writes_next_to_inputs(photos, tmp_path):
     report = tmp_path / "r.json"
     assert main(["cloak", str(photos), "--json", str(report)] + FAST) == 0
     assert (photos / "a_cloaked.png").is_file() and (photos / "sub" / "b_cloaked.png").is_file()
-    rows = json.loads(report.read_text())
+    rows = _rows(report)
     assert [r["status"] for r in rows] == ["cloaked", "cloaked"]
     assert all(r["faces"][0]["dssim"] <= 0.007 * 1.02 for r in rows)
 
 
-def test_output_dir_mirrors_and_never_overwrites(photos, tmp_path):
-    out = tmp_path / "out"
+def test_rerun_reports_exists_and_overwrite_replaces(photos, tmp_path, capsys, cloak_calls):
+    out, report = tmp_path / "out", tmp_path / "r.json"
     assert main(["cloak", str(photos), "-o", str(out)] + FAST) == 0
     first = (out / "a_cloaked.png").read_bytes()
     assert (out / "sub" / "b_cloaked.png").is_file()
-    # a second run must not clobber without --overwrite, and says so with a non-zero exit
-    assert main(["cloak", str(photos / "a.jpg"), "-o", str(out)] + FAST) == 1
+    capsys.readouterr()
+    cloak_calls.clear()
+    # a rerun is not a failure: finished photos are `exists`, untouched, and not cloaked again
+    assert main(["cloak", str(photos / "a.jpg"), "-o", str(out), "--json", str(report)] + FAST) == 0
+    assert [r["status"] for r in _rows(report)] == ["exists"] and cloak_calls == []
+    printed = capsys.readouterr().out
+    assert "--overwrite" in printed and "overwrite=True" not in printed
     assert (out / "a_cloaked.png").read_bytes() == first
     assert main(["cloak", str(photos / "a.jpg"), "-o", str(out), "--overwrite"] + FAST) == 0
+
+
+def test_three_inputs_with_one_name_get_three_outputs(tmp_path, lfw_dir):
+    srcs = []
+    for folder, name in zip("abc", ("Aaron_Sorkin", "Abdullah_Gul", "Adam_Sandler")):
+        (tmp_path / folder).mkdir()
+        srcs.append(shutil.copy(lfw_image(name, 1), tmp_path / folder / "x.jpg"))
+    report = tmp_path / "r.json"
+    assert main(["cloak", *map(str, srcs), "-o", str(tmp_path / "out"), "--overwrite", "--json", str(report)] + FAST) == 0
+    rows = _rows(report)
+    assert [r["status"] for r in rows] == ["cloaked"] * 3 and len({r["output"] for r in rows}) == 3
+    for src, row in zip(srcs, rows):  # each output is the cloak of its own input
+        diff = np.abs(np.asarray(Image.open(row["output"]), int) - np.asarray(Image.open(src), int)).mean()
+        assert diff < 6
 
 
 def test_input_is_never_overwritten(photos):
@@ -56,15 +102,103 @@ def test_input_is_never_overwritten(photos):
     shutil.copy(photos / "a.jpg", photos / "x.jpg")
     Image.open(photos / "a.jpg").save(victim)
     before = victim.read_bytes()
-    assert main(["cloak", str(photos / "x.jpg"), str(victim), "--overwrite"] + FAST) == 1
+    assert main(["cloak", str(photos / "x.jpg"), str(victim), "--overwrite"] + FAST) == 0
     assert victim.read_bytes() == before
+    assert len(list(photos.glob("x_cloaked_????????.png"))) == 1 and (photos / "x_cloaked_cloaked.png").is_file()
 
 
-def test_unwritable_output_dir_reports_and_fails(photos, tmp_path):
+def test_unwritable_output_dir_found_before_the_work(photos, tmp_path, cloak_calls):
     blocker = tmp_path / "file"
     blocker.write_text("a file where a folder should be")
-    assert main(["cloak", str(photos / "a.jpg"), "-o", str(blocker / "out")] + FAST) == 1
+    report = tmp_path / "r.json"
+    assert main(["cloak", str(photos / "a.jpg"), "-o", str(blocker / "out"), "--json", str(report)] + FAST) == 1
+    assert cloak_calls == []
+    (row,) = _rows(report)
+    assert row["status"] == "error" and "not a folder" in row["error"] and row["seconds"] is None
     assert (photos / "a.jpg").is_file()
+
+
+@pytest.mark.parametrize("args", [["--batch-size", "0"], ["--batch-size", "-1"], ["--batch-size", "x"],
+                                  ["--quality", "0"], ["--quality", "101"], ["--seed", "-1"],
+                                  ["--diversity", "nan"], ["--diversity", "2"], ["--device", "gpu"],
+                                  ["--mode", "ultra"]])
+def test_bad_arguments_are_usage_errors(photos, capsys, args):
+    assert main(["cloak", str(photos / "a.jpg")] + args + FAST) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and "Traceback" not in err
+    assert not (photos / "a_cloaked.png").exists()
+
+
+def test_cuda_without_cuda_is_a_usage_error(photos, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["cloak", str(photos / "a.jpg"), "--device", "cuda"] + FAST) == 2
+    assert "CUDA" in capsys.readouterr().err
+
+
+def test_ray_without_ray_is_a_usage_error(photos, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    assert main(["cloak", str(photos / "a.jpg"), "--ray", "-o", str(photos / "out")] + FAST) == 2
+    err = capsys.readouterr().err
+    assert "fawkes_fast[ray]" in err and "Traceback" not in err
+
+
+def test_nothing_to_cloak_is_a_usage_error(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    assert main(["cloak", str(tmp_path)] + FAST) == 2
+    out = capsys.readouterr()
+    assert "notes.txt" in out.out and "no images to cloak" in out.err
+
+
+def test_json_report_never_an_input_and_checked_first(photos, tmp_path, capsys, cloak_calls):
+    before = (photos / "a.jpg").read_bytes()
+    assert main(["cloak", str(photos / "a.jpg"), "--json", str(photos / "a.jpg")] + FAST) == 2
+    assert (photos / "a.jpg").read_bytes() == before
+    assert main(["cloak", str(photos / "a.jpg"), "--json", str(tmp_path / "missing" / "r.json")] + FAST) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cloak_calls == [] and not (photos / "a_cloaked.png").exists()
+
+
+def test_folder_lists_every_file_with_a_row(photos, tmp_path):
+    (photos / "notes.txt").write_text("x")
+    Image.open(photos / "a.jpg").save(photos / "old_cloaked.png")
+    os.symlink(photos / "sub", photos / "link")
+    report = tmp_path / "r.json"
+    assert main(["cloak", str(photos), "--json", str(report)] + FAST) == 0
+    status = {os.path.basename(r["source"]): (r["status"], r["reason"]) for r in _rows(report)}
+    assert status["a.jpg"][0] == status["b.jpg"][0] == "cloaked"
+    assert status["notes.txt"][0] == status["old_cloaked.png"][0] == status["link"][0] == "skipped"
+    assert "symlink" in status["link"][1]
+
+
+def _exif_with_thumbnail(thumb: bytes) -> bytes:
+    """EXIF whose IFD1 holds a JPEG thumbnail, as cameras and phones write it."""
+    def ifd(entries, next_offset):
+        body = b"".join(struct.pack("<HHI", tag, kind, count) + value for tag, kind, count, value in entries)
+        return struct.pack("<H", len(entries)) + body + struct.pack("<I", next_offset)
+
+    ifd0 = ifd([(0x010F, 2, 4, b"Cam\x00")], 26)  # Make, then IFD1 at offset 26
+    ifd1 = ifd([(0x0201, 4, 1, struct.pack("<I", 56)), (0x0202, 4, 1, struct.pack("<I", len(thumb)))], 0)
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd0 + ifd1 + thumb
+
+
+def test_keep_metadata_never_keeps_previews_of_the_face(tmp_path, lfw_dir):
+    face = Image.open(lfw_image("Aaron_Sorkin", 1)).convert("RGB")
+    small = io.BytesIO()
+    face.resize((80, 80)).save(small, "JPEG", quality=90)
+    src = tmp_path / "phone.jpg"
+    face.save(src, "MPO", save_all=True, append_images=[face.resize((120, 120))],
+              exif=_exif_with_thumbnail(small.getvalue()), xmp=b"<x:xmpmeta>preview</x:xmpmeta>", quality=95)
+    raw = Image.open(src)
+    assert small.getvalue()[:400] in raw.info["exif"] and raw.n_frames == 2  # the input really has them
+    assert main(["cloak", str(src), "--keep-metadata", "--format", "jpeg"] + FAST) == 0
+    data = (tmp_path / "phone_cloaked.jpg").read_bytes()
+    out = Image.open(io.BytesIO(data))
+    assert out.getexif().get(0x010F) == "Cam"  # the metadata asked for is kept
+    assert b"\xff\xd8\xff" not in out.info["exif"] and not out.getexif().get_ifd(-1)
+    assert b"xmpmeta" not in data and b"MPF\x00" not in data and getattr(out, "n_frames", 1) == 1
 
 
 def test_metadata_stripped_unless_kept_and_orientation_honoured(tmp_path, lfw_dir):
@@ -85,12 +219,22 @@ def test_metadata_stripped_unless_kept_and_orientation_honoured(tmp_path, lfw_di
     assert kept.get(0x010F) == "TestCam" and kept.get(0x0112, 1) == 1
 
 
-def test_no_face_and_bad_file_statuses(tmp_path):
+def test_no_face_and_bad_file_statuses(tmp_path, capsys):
     Image.fromarray(np.full((120, 160, 3), 128, np.uint8)).save(tmp_path / "wall.png")
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 nope")
     assert main(["cloak", str(tmp_path / "wall.png")] + FAST) == 0
     assert not (tmp_path / "wall_cloaked.png").exists()
-    assert main(["cloak", str(tmp_path / "broken.jpg"), str(tmp_path / "wall.png")] + FAST) == 1
+    report = tmp_path / "r.json"
+    assert main(["cloak", str(tmp_path / "broken.jpg"), str(tmp_path / "wall.png"), "--json", str(report)] + FAST) == 1
+    rows = _rows(report)
+    assert [r["status"] for r in rows] == ["error", "no_face"]
+    assert [r["seconds"] for r in rows] == [None, None]  # no batch average for photos not cloaked
+
+
+def test_demo_writes_the_cloak_and_a_side_by_side(tmp_path):
+    assert main(["demo", "-o", str(tmp_path)] + FAST) == 0
+    assert (tmp_path / "astronaut_cloaked.png").is_file()
+    assert Image.open(tmp_path / "astronaut_side_by_side.png").size == (1024, 512)
 
 
 def test_transfer_options_reach_the_cloaker(monkeypatch, tmp_path):
@@ -104,14 +248,35 @@ def test_transfer_options_reach_the_cloaker(monkeypatch, tmp_path):
             seen.update(kw)
             super().__init__(*a, **kw)
 
-    import fawkes_fast
-
     monkeypatch.setattr(cloaker_mod, "Cloaker", Spy)
-    monkeypatch.setattr(fawkes_fast, "Cloaker", Spy, raising=False)  # the lazy attribute may be cached
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    main(["cloak", str(bad), "--diversity", "0.5", "--flip", "-q"])
-    assert seen["diversity"] == 0.5 and seen["flip"] is True
+    main(["cloak", str(bad), "--diversity", "0.5", "--flip", "-q", "--batch-size", "3"])
+    assert seen["diversity"] == 0.5 and seen["flip"] is True and seen["batch_size"] == 3
     seen.clear()
     main(["cloak", str(bad), "-q"])
     assert "diversity" not in seen and "flip" not in seen
+
+
+def test_ctrl_c_keeps_finished_photos_writes_the_report_and_exits_130(tmp_path, lfw_dir):
+    src, out, report = tmp_path / "in", tmp_path / "out", tmp_path / "r.json"
+    src.mkdir()
+    for i in range(1, 9):
+        shutil.copy(lfw_image("Abdullah_Gul", i), src / f"p{i}.jpg")
+    code = f"import sys; {FEW_STEPS}; from fawkes_fast.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "cloak", str(src), "-o", str(out), "--batch-size", "1",
+                             "--json", str(report), "-q", "--seed", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while not list(out.glob("*_cloaked.png")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "stopping after the current batch" in stderr
+    rows = _rows(report)
+    statuses = [r["status"] for r in rows]
+    assert len(rows) == 8 and "cloaked" in statuses and statuses[-1] == "skipped"
+    assert rows[-1]["reason"] == "interrupted before it was cloaked"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        os.path.basename(r["output"]) for r in rows if r["status"] == "cloaked")

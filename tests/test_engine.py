@@ -10,7 +10,6 @@ import torch
 from fawkes_fast.extractors import Extractor
 from fawkes_fast.optimize import engine
 from fawkes_fast.optimize.modes import settings_for
-from fawkes_fast.pipeline import FacePipeline
 
 
 def _toy_extractor():
@@ -34,7 +33,7 @@ class _WholeBatch(engine._EagerStep):
     """The graph's view of a step (every face, frozen ones too) without a graph: runs on a CPU."""
 
     def __call__(self, x, active_mask):
-        return self.forward(x, torch.arange(self.B, device=x.device))
+        return self.forward(x, torch.arange(self.B, device=x.device), list(range(self.B)))
 
 
 # patience 3 freezes faces at different steps, stop_at freezes them on reaching the target
@@ -46,9 +45,9 @@ def test_whole_batch_step_gives_the_same_cloaks(monkeypatch, opts):
     ext = _toy_extractor()
     x0, M, t = _batch("cpu")
     s = settings_for("mid", **opts)
-    a = engine.optimise([ext], FacePipeline.chips, x0, [M], [t], s, graph=False)
+    a = engine.optimise([ext], x0, [M], [t], s, graph=False)
     monkeypatch.setattr(engine, "_EagerStep", _WholeBatch)
-    b = engine.optimise([ext], FacePipeline.chips, x0, [M], [t], s, graph=False)
+    b = engine.optimise([ext], x0, [M], [t], s, graph=False)
     assert torch.equal(a.steps, b.steps)
     assert torch.allclose(a.dssim, b.dssim, atol=1e-6)
     assert torch.allclose(a.best, b.best, atol=1e-3)
@@ -73,8 +72,8 @@ def test_cuda_graph_gives_the_same_cloaks(opts):
     s = settings_for("mid", **opts)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a failed capture would fall back with a warning
-        a = engine.optimise([ext], FacePipeline.chips, x0, [M], [t], s, graph=True)
-    b = engine.optimise([ext], FacePipeline.chips, x0, [M], [t], s, graph=False)
+        a = engine.optimise([ext], x0, [M], [t], s, graph=True)
+    b = engine.optimise([ext], x0, [M], [t], s, graph=False)
     assert (a.steps - b.steps).abs().max() <= 1
     assert torch.allclose(a.dssim, b.dssim, atol=2e-4)
     assert (a.best - b.best).abs().mean() < 0.05

@@ -154,3 +154,35 @@ def _has_model() -> bool:
         return True
     except ModelMissingError:
         return False
+
+
+def test_moving_a_loaded_builtin_leaves_the_shared_module_alone():
+    """load("dlib").to(other device) once moved the cached CPU module in place (issue #12)."""
+    from fawkes_fast.extractors import load
+
+    ext = load("dlib")
+    moved = ext.to("meta")  # any other device; meta needs no hardware
+    assert moved.device.type == "meta" and moved.module is not ext.module
+    assert ext.device.type == "cpu"
+    again = load("dlib")
+    assert again.module is ext.module and again.device.type == "cpu"
+    assert ext.to("cpu") is ext  # already there: no copy
+
+
+def test_builtin_registry(monkeypatch):
+    from dataclasses import replace
+
+    from fawkes_fast.extractors import builtin_names, is_builtin, load, register_builtin, registry
+
+    assert {"dlib", "sface", "dlib-robust", "facenet"} <= set(builtin_names())
+    with pytest.raises(ValueError, match="already registered"):
+        register_builtin("dlib", registry.builtin("dlib"))
+    with pytest.raises(TypeError):
+        register_builtin("x", object())
+    with pytest.raises(FileNotFoundError, match="built-ins are dlib, sface"):
+        load("no-such-model")
+    monkeypatch.setattr(registry, "_BUILTINS", dict(registry._BUILTINS))  # undone after the test
+    register_builtin("dlib-variant", replace(registry.builtin("dlib"), template="arcface", chip_size=150))
+    assert is_builtin("dlib-variant") and "dlib-variant" in builtin_names()
+    ext = load("dlib-variant")
+    assert (ext.name, ext.template, ext.dim) == ("dlib-variant", "arcface", 128)

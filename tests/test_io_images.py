@@ -12,8 +12,9 @@ from PIL import Image
 
 from conftest import lfw_image, lfw_people
 import fawkes_fast.io.images as images_mod
-from fawkes_fast.io.images import (MAX_PIXELS, ImageError, decode_image, encode_image,
-                                   load_image, load_image_with_meta, save_image_atomic)
+from fawkes_fast.io.images import (IMAGE_SUFFIXES, MAX_PIXELS, ImageError, decode_image, encode_image,
+                                   load_image, load_image_with_meta)
+from fawkes_fast.io.save import save_image_atomic
 
 
 def _bytes(im: Image.Image, fmt: str, **kw) -> bytes:
@@ -208,10 +209,8 @@ def test_bad_files(tmp_path):
         with pytest.raises(ImageError):
             load_image(data)
     assert "empty" in str(pytest.raises(ImageError, load_image, tmp_path / "empty.jpg").value)
-    assert "truncated" in str(
-        pytest.raises(ImageError, load_image, tmp_path / "truncated_jpeg.jpg").value).lower() \
-        or "corrupt" in str(pytest.raises(ImageError, load_image,
-                                          tmp_path / "truncated_jpeg.jpg").value).lower()
+    truncated = str(pytest.raises(ImageError, load_image, tmp_path / "truncated_jpeg.jpg").value)
+    assert truncated.count("image file is truncated") == 1, truncated  # said once, not nested
     assert "MAX_PIXELS" in str(pytest.raises(ImageError, load_image,
                                              tmp_path / "bomb.jpg").value)
     with pytest.raises(ImageError, match="not found"):
@@ -341,3 +340,50 @@ def test_encode_decode_roundtrip():
     assert encode_image(a, "jpeg")[:2] == b"\xff\xd8"
     # the bytes that save_image_atomic writes are exactly encode_image's bytes
     assert encode_image(a, "png") == encode_image(a, "png")
+
+
+# ----------------------------------------------------------------------------- process-wide state
+
+def test_import_leaves_pillow_truncation_setting_alone():
+    """Importing the loader must not flip Pillow's process-wide LOAD_TRUNCATED_IMAGES."""
+    import subprocess
+    import sys
+
+    code = ("from PIL import ImageFile; ImageFile.LOAD_TRUNCATED_IMAGES = True; "
+            "import fawkes_fast.io.images, fawkes_fast.jobs; print(ImageFile.LOAD_TRUNCATED_IMAGES)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "True"
+
+
+def test_one_list_of_image_suffixes(tmp_path):
+    """Folder listings of the CLI and of `evaluate` read the same suffixes (io.images.IMAGE_SUFFIXES)."""
+    from fawkes_fast.evaluate.user_check import list_images
+    from fawkes_fast.io.inputs import find_inputs
+
+    for suffix in IMAGE_SUFFIXES | {".txt"}:
+        (tmp_path / f"x{suffix}").write_bytes(b"")
+    listed = {p.suffix for p in list_images(tmp_path)}
+    found = {f.path.suffix for f in find_inputs([tmp_path]) if f.skip is None}
+    assert listed == found == set(IMAGE_SUFFIXES)
+
+
+def test_exif_kept_without_thumbnail_or_maker_note():
+    ex = Image.Exif()
+    ex[0x010F] = "Cam"
+    ex[0x0112] = 6
+    ex.get_ifd(0x8825)[1] = "N"  # GPS is kept: --keep-metadata means it
+    ex.get_ifd(0x8769)[0x927C] = b"PREVIEW" * 20  # maker notes may hide a preview JPEG
+    ex[0x02BC] = b"<x:xmpmeta/>"
+    _, info = load_image_with_meta(_bytes(Image.new("RGB", (32, 16)), "JPEG", exif=ex.tobytes()))
+    kept = Image.Exif()
+    kept.load(info.exif)
+    assert kept[0x010F] == "Cam" and kept[0x0112] == 1 and kept.get_ifd(0x8825) == {1: "N"}
+    assert b"PREVIEW" not in info.exif and 0x02BC not in kept
+
+
+def test_huge_file_refused_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setattr(images_mod, "MAX_FILE_BYTES", 1000)
+    big = tmp_path / "video.jpg"
+    big.write_bytes(b"\xff\xd8" + bytes(5000))
+    with pytest.raises(ImageError, match="MAX_FILE_BYTES"):
+        load_image(big)

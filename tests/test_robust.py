@@ -10,8 +10,9 @@ import torch
 
 from conftest import lfw_image, lfw_people
 from fawkes_fast.extractors import load
-from fawkes_fast.extractors.chip_data import cut_chips, list_photos, load_chips, save_chips
-from fawkes_fast.extractors.robust import feature_shift, pgd, trainable
+from fawkes_fast.extractors.registry import builtin
+from fawkes_fast.training.chip_data import cut_chips, list_photos, load_chips, save_chips
+from fawkes_fast.training.robust import feature_shift, pgd, trainable
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +61,8 @@ def test_pgd_stays_in_its_ball_and_beats_random_noise(chips):
 
 def test_onnx_weights_become_trainable():
     ext = load("sface")
-    from fawkes_fast.extractors.loading import _builtin_source
-
-    src, build, *_ = _builtin_source("sface")
-    m = trainable(build(src))
+    loader = builtin("sface")
+    m = trainable(loader.build(loader.source()))
     n = sum(p.numel() for p in m.parameters())
     assert n > 1_000_000  # the conv weights, not just a few scalars
     assert "mean" in dict(m.named_buffers()) or "mean" in str(list(m.named_buffers()))

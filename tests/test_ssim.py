@@ -1,4 +1,4 @@
-"""Fused SSIM op (fawkes_fast.ops.ssim / dssim / ssim_map) vs skimage, pytorch-msssim and the
+"""Fused SSIM op (fawkes_fast.ops.ssim / dssim) vs skimage, pytorch-msssim and the
 pure-PyTorch reference; gradients; opcheck; strides; NaN policy; the fallback path."""
 from __future__ import annotations
 
@@ -92,17 +92,6 @@ def test_dssim_and_data_range(device):
     torch.testing.assert_close(ops.ssim(x / 255, y / 255, data_range=1.0), ops.ssim(x, y), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_ssim_map(device):
-    x, y = _pair((2, 3, 33, 45), device=device)
-    mp = ops.ssim_map(x, y)
-    assert mp.shape == (2, 23, 35)
-    torch.testing.assert_close(mp.mean(dim=(1, 2)), ops.ssim(x, y), atol=1e-6, rtol=0)
-    torch.testing.assert_close(mp.double(), ref.ssim_map(x.double(), y.double()), atol=1e-5, rtol=0)
-    xr = x.clone().requires_grad_()
-    assert not ops.ssim_map(xr, y).requires_grad
-
-
 # ---------------------------------------------------------------------------------- gradients
 @needs_ext
 @pytest.mark.parametrize("device", DEVICES)
@@ -172,10 +161,12 @@ def test_opcheck(device, layout, dtype):
     torch.library.opcheck(fwd, (x.detach().requires_grad_(), y, 255.0, True))
     torch.library.opcheck(fwd, (x.detach().requires_grad_(), y, 255.0, False))
     torch.library.opcheck(fwd, (x, y, 1.0, False))
-    _, partials = fwd(x, y, 255.0, True)
+    _, saved = fwd(x, y, 255.0, True)
     g = torch.rand(2, dtype=dtype, device=device)
-    torch.library.opcheck(torch.ops.fawkes_fast.ssim_backward.default, (g, x, y, partials, 255.0))
-    torch.library.opcheck(torch.ops.fawkes_fast.ssim_map.default, (x, y, 255.0))
+    bwd = torch.ops.fawkes_fast.ssim_backward.default
+    torch.library.opcheck(bwd, (g, x, y, saved, 255.0))
+    torch.library.opcheck(bwd, (g, x, y, saved.new_empty(0), 255.0))  # empty: the op recomputes
+    torch.testing.assert_close(bwd(g, x, y, saved.new_empty(0), 255.0), bwd(g, x, y, saved, 255.0))
 
 
 # ------------------------------------------------------------------------------ NaN / fallback
@@ -204,7 +195,6 @@ def test_fallback_matches_extension(monkeypatch):
     xr = x.clone().requires_grad_()
     s_ext = ops.ssim(xr, y)
     s_ext.sum().backward()
-    m_ext = ops.ssim_map(x, y)
     monkeypatch.setattr(ops, "HAS_EXTENSION", False)
     monkeypatch.setattr(ops, "_WARNED", False)
     xf = x.clone().requires_grad_()
@@ -215,10 +205,8 @@ def test_fallback_matches_extension(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # warned once only
         s_ref.sum().backward()
-        m_ref = ops.ssim_map(x, y)
         d_ref = ops.dssim(x, y)
     torch.testing.assert_close(s_ref, s_ext, atol=1e-5, rtol=0)
-    torch.testing.assert_close(m_ref, m_ext, atol=1e-5, rtol=0)
     torch.testing.assert_close(d_ref, (1 - s_ext.detach()) / 2, atol=1e-5, rtol=0)
     torch.testing.assert_close(xf.grad, xr.grad, rtol=1e-4, atol=1e-4 * xr.grad.abs().max().item())
 

@@ -68,3 +68,13 @@ def test_settings_accept_transfer_options():
     assert s.diversity == 1.0 and s.flip and s.rho == 0.007
     with pytest.raises(TypeError):
         settings_for("mid", divesity=1.0)
+
+
+def test_per_face_generators_make_a_face_independent_of_its_batch_mates():
+    x = torch.cat([_photo_patch(s, 64) for s in range(3)])
+    m = torch.tensor([[[1.0, 0.0, 2.0], [0.0, 1.0, 2.0]]]).repeat(3, 1, 1)
+    gens = lambda seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    alone = diversify(x[:1], 1.0, gens([7]))
+    batched = diversify(x, 1.0, gens([7, 8, 9]))
+    assert torch.equal(alone[0], batched[0])
+    assert torch.equal(jitter_mats(m[:1], 64, 1.0, gens([7]))[0], jitter_mats(m, 64, 1.0, gens([7, 1, 2]))[0])

@@ -37,6 +37,7 @@ class Scenario:
     leak: float = 0.0  # share of the user's train photos uploaded uncloaked
     sybil: int = 0  # Sybil images per clean (leaked) photo, one Sybil identity (§7.3)
     detect: bool = False  # run the §8.2 anti-detection tests
+    budget: bool = False  # measure the uploads' visibility (box DSSIM, CIEDE2000; evaluate.budget)
 
 
 def scenarios() -> dict[str, Scenario]:
@@ -125,23 +126,39 @@ def _cloaker(extractors, mode):
     return _cloakers[key]
 
 
-def _engine_version() -> str:
-    """Hash of the code that decides a cloak's pixels, so an engine change never reuses stale cloaks."""
+def _engine_files() -> list[Path]:
+    """Every installed file that can decide a cloak's pixels: the package's Python code (all but the
+    evaluation modules that only measure), its compiled ops and, beside an editable install, their
+    sources (csrc/), and the shipped model data (fawkes_fast.models: target bank, templates, weights)."""
     import fawkes_fast
+    import fawkes_fast.models
 
     root = Path(fawkes_fast.__file__).parent
+    measuring = root / "evaluate"
+    files = [f for f in root.rglob("*.py") if f.parent != measuring or f.name == "protocol.py"]
+    files += [*root.glob("*.so"), *root.glob("*.pyd")]
+    csrc = root.parent / "csrc"
+    files += [f for f in csrc.rglob("*") if f.is_file()] if csrc.is_dir() else []
+    for models in map(Path, fawkes_fast.models.__path__):
+        files += [f for ext in ("npz", "json", "pt") for f in models.glob(f"*.{ext}")]
+    return sorted(set(files))
+
+
+def _engine_version() -> str:
+    """Hash of the installed package's content (`_engine_files`, names and bytes), so that no change of
+    code, ops or shipped data ever reuses stale cloaks."""
     h = hashlib.sha1()
-    for f in sorted([*root.glob("optimize/*.py"), root / "cloaker.py", root / "finalize.py", root / "pipeline.py"]):
-        h.update(f.read_bytes())
+    for f in _engine_files():
+        h.update(f"{f.parent.name}/{f.name}".encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:12]
 
 
 def _models_version(extractors) -> list[str]:
     """What identifies each extractor's weights: a built-in's cache file is keyed on its model file's
     content, a file is hashed; retrained weights under the same name never reuse stale cloaks."""
-    from fawkes_fast.extractors import BUILTIN, build_builtin
+    from fawkes_fast.extractors import build_builtin, is_builtin
 
-    return [build_builtin(e).name if e in BUILTIN else hashlib.sha1(Path(e).read_bytes()).hexdigest()[:12]
+    return [build_builtin(e).name if is_builtin(e) else hashlib.sha1(Path(e).read_bytes()).hexdigest()[:12]
             for e in extractors]
 
 
@@ -221,18 +238,83 @@ def _detect_tests(Xtr, ytr, user_label, cloaked, clean, seed):
 
 def _features(tracker, imgs):
     f = [tracker.embed_raw(x) for x in imgs]
-    return np.array([v for v in f if v is not None], np.float32).reshape(-1, 128), sum(v is None for v in f)
+    return np.array([v for v in f if v is not None], np.float32).reshape(-1, tracker.dim), sum(v is None for v in f)
+
+
+def _population(cfg: Config, users: list[str]) -> tuple[list, dict]:
+    lfw = Path(cfg.lfw)
+    others = [p for p in _people(lfw, cfg.min_pop) if p[0] not in users]
+    return others[:cfg.population] if cfg.population else others, dict(_people(lfw, 1))
+
+
+def _uploads(sc: Scenario, cfg: Config, ui: int, paths: list[Path], tr_idx, n_leak: int, info: dict):
+    """(the user's uploaded photos, None for clean ones as they are; Sybil images; seconds cloaking)."""
+    secs, up, sybil = 0.0, None, []
+    if sc.cloak is not None:
+        imgs, ci = cloak_photos([paths[i] for i in tr_idx], sc.cloak, seed=cfg.seed + ui, steps=cfg.steps)
+        info.update(cloak_failed=ci["failed"], target=ci["target"],
+                    dssim_max=max([d for d in ci["dssim"] if d is not None], default=None))
+        if sc.budget:
+            info["budget"] = _budget([paths[i] for i in tr_idx], imgs, ci["status"])
+        secs += ci["seconds"]
+        up = imgs[n_leak:]
+    elif sc.countermeasure != "none":
+        from fawkes_fast.io.images import load_image
+
+        up = [load_image(str(paths[i])) for i in tr_idx[n_leak:]]
+    if sc.sybil:
+        refs = [paths[i] for i in tr_idx[:n_leak]]  # one set of Sybils per leaked clean photo
+        sybil, s = sybil_photos(refs, Path(cfg.gan), sc.sybil, sc.cloak, cfg.seed + ui, cfg.steps)
+        secs += s
+    return up, sybil, secs
+
+
+def _budget(paths: list[Path], imgs: list, status: list[str]) -> dict:
+    """Visibility of the user's cloaks (evaluate.budget: skimage over dlib's own boxes)."""
+    from . import budget
+
+    checks = [budget.check(str(p), img, p.stem) for p, img, s in zip(paths, imgs, status) if s == "cloaked"]
+    return budget.summary(checks)
+
+
+def _score(sc, cfg, tr, feats: dict, others, user, tr_idx, te_idx, n_leak, up, sybil, rng) -> dict:
+    """Train tracker `tr`'s classifiers on the population + the user's uploads; query the clean photos."""
+    X, y, Xte, yte = [], [], [], []
+    labels = {n: k for k, (n, _) in enumerate(others)}
+    for n, k in labels.items():
+        f = feats[n]
+        a, b = split(len(f), n, cfg.seed)
+        X.append(f[a]); y += [k] * len(a); Xte.append(f[b]); yte += [k] * len(b)
+    U, S = len(labels), len(labels) + 1
+    uf = feats[user]
+    leaked = uf[tr_idx[:n_leak]]
+    if up is None:
+        upf, miss = uf[tr_idx[n_leak:]], 0
+    else:
+        upf, miss = _features(tr, [countermeasures.apply(sc.countermeasure, x, rng) for x in up])
+    sf, _ = _features(tr, sybil) if sybil else (np.zeros((0, tr.dim), np.float32), 0)
+    X = np.concatenate(X + [leaked, upf, sf]); y = np.array(y + [U] * (len(leaked) + len(upf)) + [S] * len(sf))
+    Xte, yte = np.concatenate(Xte), np.array(yte)
+    q = uf[te_idx]
+    ok, okte, okq = np.isfinite(X).all(1), np.isfinite(Xte).all(1), np.isfinite(q).all(1)
+    X, y, Xte, yte, q = X[ok], y[ok], Xte[okte], yte[okte], q[okq]
+    r = {"uploaded_no_face": int(miss), "queries": int(len(q)), "user_train_features": int((y == U).sum())}
+    for c in cfg.classifiers:
+        raw = c == "match"
+        clf = make_classifier(c, tr).fit(X if raw else normalise(X), y)
+        pq = clf.predict(q if raw else normalise(q)) if len(q) else np.array([])
+        pn = clf.predict(Xte if raw else normalise(Xte))
+        r[c] = {"protection": float((pq != U).mean()) if len(q) else None, "normal": float((pn == yte).mean())}
+    if sc.detect and sc.cloak is not None and len(upf):
+        r["detect"] = _detect_tests(normalise(X), y, U, normalise(upf), normalise(q), cfg.seed)
+    return r
 
 
 def run_scenario(sc: Scenario, cfg: Config, log=print) -> dict:
     lfw = Path(cfg.lfw)
     users = pick_users(cfg)
-    people = _people(lfw, cfg.min_pop)
-    others = [p for p in people if p[0] not in users]
-    if cfg.population:
-        others = others[:cfg.population]
-    counts = dict(_people(lfw, 1))
-    trackers = {t: get_tracker(t) for t in sc.trackers}
+    others, counts = _population(cfg, users)
+    trackers = {t: get_tracker(t, lfw) for t in sc.trackers}
     clean = {t: {} for t in trackers}  # tracker -> identity -> raw features (NaN rows: no face)
     for t, tr in trackers.items():
         for name in [n for n, _ in others] + users:
@@ -246,58 +328,33 @@ def run_scenario(sc: Scenario, cfg: Config, log=print) -> dict:
         n_leak = int(round(sc.leak * len(tr_idx)))
         rng = np.random.default_rng([cfg.seed, ui])
         info = {"user": user, "train": len(tr_idx), "test": len(te_idx), "leaked": n_leak}
-        if sc.cloak is not None:
-            imgs, ci = cloak_photos([paths[i] for i in tr_idx], sc.cloak, seed=cfg.seed + ui, steps=cfg.steps)
-            info.update(cloak_failed=ci["failed"], target=ci["target"], dssim_max=max([d for d in ci["dssim"] if d is not None], default=None))
-            cloak_secs += ci["seconds"]; cloak_photos_n += len(tr_idx)
-            up = imgs[n_leak:]
-        else:
-            from fawkes_fast.io.images import load_image
-
-            up = None if sc.countermeasure == "none" else [load_image(str(paths[i])) for i in tr_idx[n_leak:]]
-        sybil = []
-        if sc.sybil:
-            refs = [paths[i] for i in tr_idx[:n_leak]]  # one set of Sybils per leaked clean photo
-            sybil, s = sybil_photos(refs, Path(cfg.gan), sc.sybil, sc.cloak, cfg.seed + ui, cfg.steps)
-            cloak_secs += s
-        res = {}
-        for t, tr in trackers.items():
-            X, y, Xte, yte = [], [], [], []
-            labels = {n: k for k, (n, _) in enumerate(others)}
-            for n, k in labels.items():
-                f = clean[t][n]
-                a, b = split(len(f), n, cfg.seed)
-                X.append(f[a]); y += [k] * len(a); Xte.append(f[b]); yte += [k] * len(b)
-            U, S = len(labels), len(labels) + 1
-            uf = clean[t][user]
-            leaked = uf[tr_idx[:n_leak]]
-            if up is None:
-                upf, miss = uf[tr_idx[n_leak:]], 0
-            else:
-                upf, miss = _features(tr, [countermeasures.apply(sc.countermeasure, x, rng) for x in up])
-            sf, _ = _features(tr, sybil) if sybil else (np.zeros((0, 128), np.float32), 0)
-            X = np.concatenate(X + [leaked, upf, sf]); y = np.array(y + [U] * (len(leaked) + len(upf)) + [S] * len(sf))
-            Xte, yte = np.concatenate(Xte), np.array(yte)
-            q = uf[te_idx]
-            ok, okte, okq = np.isfinite(X).all(1), np.isfinite(Xte).all(1), np.isfinite(q).all(1)
-            X, y, Xte, yte, q = X[ok], y[ok], Xte[okte], yte[okte], q[okq]
-            r = {"uploaded_no_face": int(miss), "queries": int(len(q)), "user_train_features": int((y == U).sum())}
-            for c in cfg.classifiers:
-                raw = c == "match"
-                clf = make_classifier(c, tr).fit(X if raw else normalise(X), y)
-                pq = clf.predict(q if raw else normalise(q)) if len(q) else np.array([])
-                pn = clf.predict(Xte if raw else normalise(Xte))
-                r[c] = {"protection": float((pq != U).mean()) if len(q) else None, "normal": float((pn == yte).mean())}
-            if sc.detect and sc.cloak is not None and len(upf):
-                r["detect"] = _detect_tests(normalise(X), y, U, normalise(upf), normalise(q), cfg.seed)
-            res[t] = r
-        info["trackers"] = res
+        up, sybil, secs = _uploads(sc, cfg, ui, paths, tr_idx, n_leak, info)
+        cloak_secs += secs
+        cloak_photos_n += len(tr_idx) if sc.cloak is not None else 0
+        info["trackers"] = {t: _score(sc, cfg, tr, clean[t], others, user, tr_idx, te_idx, n_leak, up, sybil, rng)
+                            for t, tr in trackers.items()}
         per_user.append(info)
-        log(f"  {sc.name} {user}: " + ", ".join(f"{t}/{c} prot {res[t][c]['protection']}" for t in res for c in cfg.classifiers if c in ("logreg", "match")))
-    return {"scenario": asdict(sc), "config": asdict(cfg), "users": users, "per_user": per_user,
-            "summary": summarise(per_user, sc.trackers, cfg.classifiers),
-            "cloak_seconds": cloak_secs, "cloaked_photos": cloak_photos_n,
-            "thresholds": {t: float(tr.threshold) for t, tr in trackers.items()}}
+        res = info["trackers"]
+        log(f"  {sc.name} {user}: " + ", ".join(f"{t}/{c} prot {res[t][c]['protection']}" for t in res
+                                                for c in cfg.classifiers if c in ("logreg", "match")))
+    out = {"scenario": asdict(sc), "config": asdict(cfg), "users": users, "per_user": per_user,
+           "summary": summarise(per_user, sc.trackers, cfg.classifiers),
+           "cloak_seconds": cloak_secs, "cloaked_photos": cloak_photos_n,
+           "thresholds": {t: float(tr.threshold) for t, tr in trackers.items()}}
+    if sc.budget:
+        out["budget"] = _budget_summary([u["budget"] for u in per_user if "budget" in u])
+    return out
+
+
+def _budget_summary(rows: list[dict]) -> dict:
+    """Per-user budget figures pooled: worst box DSSIM and p99 ΔE, mean of the users' mean ΔE."""
+    rows = [r for r in rows if r.get("faces")]
+    if not rows:
+        return {"faces": 0}
+    return {"faces": sum(r["faces"] for r in rows), "box_dssim_max": max(r["box_dssim_max"] for r in rows),
+            "box_dssim_mean": float(np.mean([r["box_dssim_mean"] for r in rows])),
+            "mean_de": float(np.average([r["mean_de_mean"] for r in rows], weights=[r["faces"] for r in rows])),
+            "p99_de_max": max(r["p99_de_max"] for r in rows)}
 
 
 def summarise(per_user, trackers, classifiers) -> dict:

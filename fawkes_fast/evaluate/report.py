@@ -40,7 +40,7 @@ def markdown_table(results: list[dict]) -> str:
 
 def summary_table(results: list[dict]) -> str:
     """One row per scenario: protection (logistic regression / similarity matching) per tracker."""
-    trackers = [t for t in ("dlib", "sface") if any(f"{t}/logreg" in r["summary"] for r in results)]
+    trackers = [t for t in ("dlib", "sface", "facenet") if any(f"{t}/logreg" in r["summary"] for r in results)]
     head = " | ".join(f"native {t}: logreg / matching" for t in trackers)
     lines = [f"| scenario | {head} | normal accuracy (dlib, logreg) |", "|---|" + "---|" * (len(trackers) + 1)]
     for r in results:

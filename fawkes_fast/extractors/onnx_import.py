@@ -35,7 +35,8 @@ An ONNX face recognizer is described by a JSON file (by convention ``<model>.jso
     {
       "input_size": 112,              // chips are input_size x input_size pixels (square)
       "template": "arcface",          // alignment: "arcface" (5-point ArcFace/InsightFace template,
-                                      //   as cv2.FaceRecognizerSF.alignCrop) or "dlib" (dlib chip)
+                                      //   as cv2.FaceRecognizerSF.alignCrop), "dlib" (dlib chip) or
+                                      //   "facenet" (FaceNet's MTCNN box with a margin)
       "mean": [127.5, 127.5, 127.5],  // per channel, in the model's channel order, on the 0..255 scale
       "std": [128.0, 128.0, 128.0],   // model input = (pixel - mean) / std
       "channel_order": "RGB",         // "RGB" or "BGR": channel order the model expects
@@ -474,7 +475,7 @@ def _fold_batchnorm(nodes: list[_Node], consts: dict[str, torch.Tensor], outputs
 # face-model spec
 # --------------------------------------------------------------------------------------------
 
-_TEMPLATES = ("arcface", "dlib")
+_TEMPLATES = ("arcface", "dlib", "facenet")
 
 
 @dataclass
@@ -482,7 +483,7 @@ class OnnxFaceSpec:
     """How to feed an ONNX face recognizer; see the module docstring for the JSON format."""
 
     input_size: int
-    template: str  # "arcface" | "dlib"
+    template: str  # "arcface" | "dlib" | "facenet"
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     channel_order: str  # "RGB" | "BGR"

@@ -9,6 +9,9 @@ integer coordinates in both (pixel ``i`` covers ``[i - 0.5, i + 0.5)``).  Batche
 * ``arcface_chip_matrix`` — the 112×112 ArcFace/SFace alignment, expressed on dlib's 5
   points through a template calibrated on LFW (``models/arcface_dlib5_template.json``,
   rebuilt by ``models/build_arcface_template.py``).
+* ``arcface_reference_matrix`` — template ``"sface_yunet"``: OpenCV's ``alignCrop`` exactly,
+  on YuNet's 5 points (``Face.points["yunet5"]``, ``faces.yunet``); ``face_chip_matrix``
+  picks a face's points by template and falls back to dlib's points where YuNet missed it.
 * ``warp_chips``          — bilinear, differentiable sampling of chips from a batch of
   images (``F.affine_grid`` + ``F.grid_sample``), with optional antialiasing.
 * ``compose`` / ``invert_affine`` / ``translate_scale`` / ``crop_matrix`` — (2, 3)
@@ -27,8 +30,8 @@ import numpy as np
 __all__ = [
     "DLIB5_MEAN_FACE", "ARCFACE_DST", "umeyama", "dlib_chip_matrix", "arcface_chip_matrix",
     "arcface_reference_matrix", "opencv_aligncrop_matrix", "arcface_dlib5_template",
-    "chip_matrix", "warp_chips",
-    "warp_batch", "compose", "invert_affine", "translate_scale", "crop_matrix", "apply_affine",
+    "chip_matrix", "warp_chips", "points_needed", "dlib5_template", "face_chip_matrix",
+    "TEMPLATE_POINTS", "warp_batch", "compose", "invert_affine", "translate_scale", "crop_matrix", "apply_affine",
 ]
 
 #: dlib's 5-point mean face in [0, 1] chip units (interpolation.h, get_face_chip_details),
@@ -47,6 +50,9 @@ ARCFACE_DST = np.array([
     [38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
     [41.5493, 92.3655], [70.7299, 92.2041],
 ], np.float64)
+
+#: alignCrop centres its fit on this rounded mean of ARCFACE_DST (face_recognize.cpp).
+_ALIGNCROP_DST_MEAN = np.array([[56.0262, 71.9008]], np.float64)
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -121,13 +127,35 @@ def dlib_chip_matrix(landmarks5, size: int = 150, padding: float = 0.25) -> np.n
 
 
 def arcface_reference_matrix(landmarks5_arcface, size: int = 112) -> np.ndarray:
-    """Chip → image matrix from ArcFace-order 5 points (eye centres, nose tip, mouth
-    corners, e.g. YuNet's) by least-squares Umeyama onto ``ARCFACE_DST`` — the
-    estimator in OpenCV's published ``alignCrop`` source.  The installed OpenCV 4.14
-    ``alignCrop`` uses a different (robust) fit; ``opencv_aligncrop_matrix`` measures
-    that one exactly."""
-    dst = _scaled_template(ARCFACE_DST, size)
-    return umeyama(dst, _as_batch(landmarks5_arcface))
+    """Chip → image matrices exactly as ``cv2.FaceRecognizerSF.alignCrop`` builds them from
+    ArcFace-order 5 points (YuNet's: eye on the image left, eye on the image right, nose
+    tip, mouth corner image left, mouth corner image right).  Returns (N, 2, 3).
+
+    alignCrop (face_recognize.cpp, getSimilarityTransformMatrix) fits the least-squares
+    similarity *image → chip* (Umeyama, points demeaned in float32, the chip side centred
+    on the rounded template mean (56.0262, 71.9008)) and warpAffine inverts it.  The fit is
+    not symmetric in scale, so the inverse of that fit, not the chip → image fit, is what
+    reproduces its chips (to ~1e-4 px; the reverse fit is up to 2 px off at the corners)."""
+    src = _as_batch(landmarks5_arcface).astype(np.float32)
+    if src.shape[1] != 5:
+        raise ValueError(f"need 5 ArcFace-order points, got {src.shape[1]}")
+    dst = _scaled_template(ARCFACE_DST, size).astype(np.float32)
+    dst_mean = _scaled_template(_ALIGNCROP_DST_MEAN, size).astype(np.float32)
+    src_mean = src.mean(1, keepdims=True, dtype=np.float32)
+    sc = (src - src_mean).astype(np.float64)
+    dc = (dst - dst_mean).astype(np.float64)
+    cov = np.einsum("ki,nkj->nij", dc, sc) / 5               # (N,2,2) = dst^T src / 5
+    u, sv, vt = np.linalg.svd(cov)
+    var_s = (sc ** 2).sum((1, 2)) / 5
+    if (var_s <= 0).any():
+        raise ValueError("degenerate landmarks: all five points coincide")
+    rot_sign = np.sign(np.linalg.det(u) * np.linalg.det(vt))   # a rotation, never a reflection
+    rot_sign[rot_sign == 0] = 1.0
+    rot = u @ (np.stack([np.ones(len(src)), rot_sign], 1)[:, :, None] * vt)
+    scale = (sv[:, 0] + np.where(np.linalg.det(cov) < 0, -1.0, 1.0) * sv[:, 1]) / var_s
+    lin = scale[:, None, None] * rot
+    t = dst_mean.astype(np.float64) - np.einsum("nij,nj->ni", lin, src_mean[:, 0].astype(np.float64))
+    return invert_affine(np.concatenate([lin, t[:, :, None]], 2))
 
 
 _sface = None
@@ -138,8 +166,8 @@ def opencv_aligncrop_matrix(face_row, image_hw: tuple[int, int], recognizer=None
     ``FaceRecognizerSF.alignCrop`` uses for a YuNet face row, measured rather than
     re-derived: alignCrop is run on a coordinate image (channels x, y, 1) of size
     ``image_hw`` and the affine is read off the output (bilinear interpolation of a
-    linear ramp is exact).  Needed because OpenCV's estimator changed between
-    releases (least-squares Umeyama in older sources; installed 4.14 differs).
+    linear ramp is exact).  A check on ``arcface_reference_matrix``, which computes the
+    same matrix directly (the tests hold them equal).
     """
     import cv2
     global _sface
@@ -191,13 +219,77 @@ def arcface_chip_matrix(landmarks5, size: int = 112) -> np.ndarray:
     return umeyama(_scaled_template(arcface_dlib5_template(), size), lm)
 
 
+@functools.lru_cache(maxsize=1)
+def facenet_dlib5_template() -> tuple[np.ndarray, float]:
+    """((5, 2) positions of dlib's 5 landmarks in FaceNet's 160×160 chip, horizontal stretch):
+    where an MTCNN box with a margin, resized to a square, puts them (calibrated on LFW,
+    ``models/build_facenet_template.py``)."""
+    from importlib.resources import files
+
+    data = json.loads(files("fawkes_fast.models").joinpath("facenet_dlib5_template.json").read_text())
+    return np.asarray(data["template"], np.float64).reshape(5, 2), float(data["aspect"])
+
+
+def facenet_chip_matrix(landmarks5, size: int = 160, template=None, aspect=None) -> np.ndarray:
+    """Chip → image matrices (N, 2, 3) for FaceNet's margin-box crop: a similarity fitted from
+    dlib's 5 points onto the un-stretched template, then the box's mean horizontal stretch
+    (default template and aspect: ``facenet_dlib5_template``, given at 160 px)."""
+    lm = _as_batch(landmarks5)
+    if lm.shape[1] != 5:
+        raise ValueError(f"need dlib's 5 landmarks, got {lm.shape[1]}")
+    if template is None:
+        template, aspect = facenet_dlib5_template()
+    c = (size - 1) / 2.0
+    iso = (np.asarray(template, np.float64) + 0.5) * (size / 160.0) - 0.5
+    iso[:, 0] = (iso[:, 0] - c) / aspect + c
+    stretch = np.array([[1.0 / aspect, 0.0, c - c / aspect], [0.0, 1.0, 0.0]])  # chip -> un-stretched chip
+    return compose(umeyama(iso, lm), stretch)
+
+
 def chip_matrix(template: str, landmarks5, size: int | None = None, **kw) -> np.ndarray:
-    """Dispatch: ``"dlib"`` (default size 150, padding 0.25) or ``"arcface"`` (112)."""
+    """Dispatch: ``"dlib"`` (default size 150, padding 0.25), ``"arcface"`` (112), ``"facenet"``
+    (160) on dlib's 5 points, or ``"sface_yunet"`` (112) on YuNet's 5 points (``points_needed``)."""
     if template == "dlib":
         return dlib_chip_matrix(landmarks5, size=150 if size is None else size, **kw)
     if template == "arcface":
         return arcface_chip_matrix(landmarks5, size=112 if size is None else size)
-    raise ValueError(f"unknown alignment template {template!r}; use 'dlib' or 'arcface'")
+    if template == "facenet":
+        return facenet_chip_matrix(landmarks5, size=160 if size is None else size)
+    if template == "sface_yunet":  # OpenCV's alignCrop on YuNet's 5 points
+        return arcface_reference_matrix(landmarks5, size=112 if size is None else size)
+    raise ValueError(f"unknown alignment template {template!r}; "
+                     "use 'dlib', 'arcface', 'facenet' or 'sface_yunet'")
+
+
+#: Templates fitted on points other than dlib's 5 ("dlib5", ``Face.landmarks``): the key of
+#: ``Face.points`` they need, and the dlib-5 template used for a face that lacks those points.
+TEMPLATE_POINTS = {"sface_yunet": "yunet5"}
+TEMPLATE_FALLBACK = {"sface_yunet": "arcface"}
+
+
+def points_needed(template: str) -> str:
+    """The landmark scheme ``template`` is fitted on: "dlib5" unless listed in TEMPLATE_POINTS."""
+    return TEMPLATE_POINTS.get(template, "dlib5")
+
+
+def dlib5_template(template: str) -> str:
+    """The template to use when only dlib's 5 points are at hand: ``template`` itself, or
+    its fallback (e.g. "sface_yunet" -> "arcface")."""
+    return template if points_needed(template) == "dlib5" else TEMPLATE_FALLBACK[template]
+
+
+def face_chip_matrix(face, template: str, size: int | None = None, **kw) -> np.ndarray:
+    """(2, 3) chip -> photo matrix of one detected ``Face``: on the template's own landmark
+    scheme (``face.points``) when the face has it, else the template's dlib-5 fallback, so a
+    face YuNet missed is still aligned (for SFace ~3.4 chip px off at the template
+    points on LFW, bench/align_gap.py)."""
+    scheme = points_needed(template)
+    if scheme == "dlib5":
+        return chip_matrix(template, face.landmarks, size, **kw)[0]
+    pts = face.points.get(scheme)
+    if pts is None:
+        return chip_matrix(dlib5_template(template), face.landmarks, size, **kw)[0]
+    return chip_matrix(template, pts, size, **kw)[0]
 
 
 # ----------------------------------------------------------------------------- affine algebra

@@ -55,11 +55,16 @@ class Face:
     landmarks: (5, 2) float64 (x, y), dlib 5-point order (see module docstring); dlib
         predicts whole-pixel positions (pixel centres at integer coordinates).
     score: detector confidence (HOG: SVM margin, CNN: MMOD confidence).
+    points: other landmark schemes by name, each (K, 2) float64 in the same pixels, added by
+        later passes, e.g. ``"yunet5"`` (``faces.yunet.add_yunet_points``: YuNet's eyes, nose
+        tip and mouth corners, what OpenCV's SFace pipeline aligns on). Absent when that pass
+        did not find this face.
     """
     box: np.ndarray
     landmarks: np.ndarray
     score: float
     extra: dict = field(default_factory=dict, repr=False, compare=False)
+    points: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def width(self) -> float:

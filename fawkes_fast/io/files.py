@@ -2,7 +2,7 @@
 
 The file appears complete or not at all: written to a temp file in the same folder, then
 renamed over the target, so concurrent readers and interrupted runs never see half a file.
-(Images go through `images.save_image_atomic`, which also refuses to clobber.)
+(Images go through `save.save_image_atomic`, which also refuses to clobber and protects inputs.)
 """
 from __future__ import annotations
 

@@ -19,35 +19,42 @@ Loading rules (``load_image``):
 * HEIC/HEIF: supported when ``pillow_heif`` is importable.
 * Empty, truncated, corrupt or non-image input, or more than ``MAX_PIXELS`` pixels
   -> ``ImageError`` naming the source and the problem.  A truncated file is never
-  accepted half-decoded.
+  accepted half-decoded (Pillow's default; this module leaves Pillow's process-wide
+  ``ImageFile.LOAD_TRUNCATED_IMAGES`` as the host program set it).
+* EXIF is kept (``ImageInfo.exif``) without what could show the uncloaked face: the
+  thumbnail (IFD1), maker notes (vendors hide preview JPEGs there) and XMP.  XMP and MPF
+  previews of the file are never read into ``ImageInfo`` at all.
 """
 from __future__ import annotations
 
 import io
 import os
 import struct
-import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 
 __all__ = [
-    "ImageError", "ImageInfo", "MAX_PIXELS", "load_image", "load_image_with_meta",
-    "save_image_atomic", "encode_image", "decode_image",
+    "FORMATS", "IMAGE_SUFFIXES", "ImageError", "ImageInfo", "MAX_PIXELS", "load_image",
+    "load_image_with_meta", "encode_image", "decode_image",
 ]
 
 #: Largest accepted image (pixels).  A 50 MP (even a 100 MP medium-format) photo passes;
 #: larger is refused.  Kept below PIL's own hard limit (2 * Image.MAX_IMAGE_PIXELS ~ 179 MP)
 #: so this guard, not PIL's, is the one that applies.
 MAX_PIXELS = 150_000_000
+#: Largest file read (bytes): the whole file is read before decoding, so a huge non-image (a
+#: video named .jpg) must not be.  An uncompressed 150 MP 16-bit TIFF is 0.9 GB.
+MAX_FILE_BYTES = 2 * 2**30
 
-# A truncated file must raise, not come back half grey.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
+#: File suffixes read as images when a folder is listed (any file named explicitly is tried).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".webp", ".heic", ".heif", ".gif",
+                            ".bmp", ".tif", ".tiff"})
 
 _EXIF_ORIENTATION = 0x0112
 _heif_lock = threading.Lock()
@@ -86,7 +93,8 @@ def _register_heif() -> None:
         _heif_done = True
 
 
-def _describe(src: Any) -> str:
+def _source_label(src: Any) -> str:
+    """How an error message names the input: its path, or its kind and size."""
     if isinstance(src, (str, os.PathLike)):
         return f"'{os.fspath(src)}'"
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -184,6 +192,10 @@ def _open_pil(src: Any, what: str) -> Image.Image:
         if p.is_dir():
             raise ImageError(f"{what}: is a directory, not an image")
         try:
+            size = p.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise ImageError(f"{what}: {size / 2**30:.1f} GiB is larger than any photo "
+                                 f"(MAX_FILE_BYTES={MAX_FILE_BYTES / 2**30:.0f} GiB)")
             data = p.read_bytes()
         except OSError as e:
             raise ImageError(f"{what}: cannot read ({e.strerror or e})") from e
@@ -224,36 +236,44 @@ def _open_pil(src: Any, what: str) -> Image.Image:
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
             struct.error, MemoryError) as e:
         msg = str(e) or type(e).__name__
-        if "truncated" in msg.lower():
-            raise ImageError(f"{what}: image file is truncated ({msg})") from e
+        if "truncated" in msg.lower():  # Pillow's own message already says so
+            raise ImageError(f"{what}: {msg}") from e
         raise ImageError(f"{what}: corrupt or unreadable image ({msg})") from e
     return img
 
 
-def _exif_bytes_upright(img: Image.Image) -> bytes | None:
-    """The image's EXIF as bytes with Orientation set to 1; never mutates ``img``
-    (its cached Exif drives ``exif_transpose``)."""
+# Tags that can carry a preview of the uncloaked photo: the thumbnail's offset and length
+# (IFD0 in some writers), XMP (may embed a preview) and, in the Exif IFD, the maker note.
+_PREVIEW_TAGS = (0x0201, 0x0202, 0x02BC)
+_EXIF_IFD, _MAKER_NOTE = 0x8769, 0x927C
+
+
+def _exif_to_keep(img: Image.Image) -> bytes | None:
+    """The image's EXIF, rebuilt with Orientation 1 (the pixels are upright) and without
+    anything that could show the uncloaked face: Pillow writes IFD0 and its sub-IFDs only, so
+    the thumbnail (IFD1) goes; preview tags and the maker note are dropped. Never mutates
+    ``img`` (its cached Exif drives ``exif_transpose``)."""
     try:
-        raw = img.info.get("exif")
-        if not raw:
-            cur = img.getexif()
-            if not cur or len(cur) == 0:
-                return None
-            raw = cur.tobytes()
+        raw = img.info.get("exif") or img.getexif().tobytes()
         ex = Image.Exif()
         ex.load(raw)
-        if _EXIF_ORIENTATION in ex and ex[_EXIF_ORIENTATION] != 1:
+        if not len(ex):
+            return None
+        if _EXIF_ORIENTATION in ex:
             ex[_EXIF_ORIENTATION] = 1
-            return ex.tobytes()
-        return raw if raw.startswith(b"Exif") or raw[:2] in (b"II", b"MM") else ex.tobytes()
-    except Exception:
+        for tag in _PREVIEW_TAGS:
+            ex.pop(tag, None)
+        if _EXIF_IFD in ex:
+            ex.get_ifd(_EXIF_IFD).pop(_MAKER_NOTE, None)
+        return ex.tobytes()
+    except Exception:  # unreadable EXIF: keep none rather than fail the photo
         return None
 
 
 def load_image_with_meta(src: Any) -> tuple[np.ndarray, ImageInfo]:
     """Like ``load_image`` and also return an ``ImageInfo`` with format, mode, size,
     ICC profile and EXIF (Orientation reset to 1, since pixels are returned upright)."""
-    what = _describe(src)
+    what = _source_label(src)
     if isinstance(src, np.ndarray):
         rgb = _array_to_rgb(src, what)
         if np.shares_memory(rgb, src):      # never hand back a view of the caller's array
@@ -273,7 +293,7 @@ def load_image_with_meta(src: Any) -> tuple[np.ndarray, ImageInfo]:
     fmt, mode, osize = img.format, img.mode, img.size
     n_frames = int(getattr(img, "n_frames", 1) or 1)
     icc = img.info.get("icc_profile") or None
-    exif = _exif_bytes_upright(img)
+    exif = _exif_to_keep(img)
     try:
         up = ImageOps.exif_transpose(img)
         if up is None:  # pragma: no cover - older Pillow with in_place semantics
@@ -300,7 +320,8 @@ def decode_image(data: bytes) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- saving
 
-_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
+#: output format name -> PIL format
+FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
 
 
 def _check_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -317,7 +338,7 @@ def encode_image(rgb: np.ndarray, format: str = "png", quality: int = 95,
     JPEG uses 4:4:4 chroma (no subsampling) so the small cloak perturbation survives;
     WebP with quality=100 is lossless.
     """
-    fmt = _FORMATS.get(format.lower().lstrip("."))
+    fmt = FORMATS.get(format.lower().lstrip("."))
     if fmt is None:
         raise ValueError(f"unsupported output format {format!r}; use png, jpeg or webp")
     img = Image.fromarray(_check_rgb(rgb), "RGB")
@@ -335,85 +356,3 @@ def encode_image(rgb: np.ndarray, format: str = "png", quality: int = 95,
     buf = io.BytesIO()
     img.save(buf, format=fmt, **kw)
     return buf.getvalue()
-
-
-def _same_path(a: Path, b: Path) -> bool:
-    try:
-        if a.resolve() == b.resolve():
-            return True
-    except OSError:
-        pass
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def save_image_atomic(path: str | os.PathLike, rgb: np.ndarray, format: str | None = "png",
-                      quality: int = 95, exif: bytes | None = None,
-                      icc_profile: bytes | None = None, overwrite: bool = False,
-                      protect: Iterable[str | os.PathLike] = ()) -> Path:
-    """Write ``rgb`` to ``path`` atomically (temp file in the same folder + rename).
-
-    * ``FileExistsError`` if ``path`` exists and ``overwrite`` is False (checked
-      atomically: the final step is a hard link that fails if the name was taken).
-    * ``ValueError`` if ``path`` is (resolves to, or is a hard link of) any path in
-      ``protect`` — the inputs are never overwritten, even with ``overwrite=True``.
-    * Metadata is stripped unless ``exif`` / ``icc_profile`` are given.
-    * The temp file is removed on any failure.
-    * ``format=None`` picks the format from the suffix (default png).
-    """
-    path = Path(path)
-    for p in protect:
-        if _same_path(path, Path(p)):
-            raise ValueError(f"refusing to write {path}: it is an input image ({p})")
-    if format is None:
-        format = path.suffix.lower().lstrip(".") or "png"
-        if format not in _FORMATS:
-            format = "png"
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
-    if path.is_dir():
-        raise IsADirectoryError(f"{path} is a directory")
-    data = encode_image(rgb, format, quality, exif=exif, icc_profile=icc_profile)
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    except OSError as e:
-        why = ("does not exist" if isinstance(e, FileNotFoundError) else
-               "is not a directory" if isinstance(e, NotADirectoryError) else
-               "is not writable" if isinstance(e, PermissionError) else
-               (e.strerror or str(e)))
-        raise type(e)(e.errno, f"cannot write {path}: output directory {parent} {why}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary files
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)   # fails atomically if the name exists
-            except FileExistsError:
-                raise FileExistsError(
-                    f"{path} already exists (pass overwrite=True to replace it)") from None
-            except OSError:
-                # file system without hard links: best effort no-clobber
-                if path.exists():
-                    raise FileExistsError(
-                        f"{path} already exists (pass overwrite=True to replace it)") from None
-                os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:
-        os.unlink(tmp)
-    except FileNotFoundError:
-        pass
-    return path
-

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from .. import ops
+from ..faces.align import warp_batch
+from .colour import colour_excess, delta_e76, rgb_to_lab
 from .modes import Settings
 from .transforms import diversify, jitter_mats
 
@@ -31,15 +33,16 @@ class BatchResult:
     steps: torch.Tensor  # (B,) Adam steps each face took
 
 
-def _distances(exts, chips_fn, x, mats, targets, untargeted, flip=False, diversity=0.0, gen=None):
+def _distances(exts, x, mats, targets, untargeted, flip=False, diversity=0.0, gens=None):
     """(B,) per-extractor squared feature distances, stacked to (E, B). `flip` and `diversity`
-    (random transformations drawn from `gen`) are the transfer options of Settings."""
+    (random transformations drawn from each face's own generator in `gens`) are the transfer
+    options of Settings."""
     out = []
     for k, ext in enumerate(exts):
-        m = jitter_mats(mats[k], ext.chip_size, diversity, gen) if diversity > 0 else mats[k]
-        chips = chips_fn(x, m, ext)
+        m = jitter_mats(mats[k], ext.chip_size, diversity, gens) if diversity > 0 else mats[k]
+        chips = warp_batch(x, m, ext.chip_size)
         if diversity > 0:
-            chips = diversify(chips, diversity, gen)
+            chips = diversify(chips, diversity, gens)
         d = (ext.features(chips, flip=flip) - targets[k]).pow(2).sum(1)
         out.append(-d if untargeted else d)
     return torch.stack(out)
@@ -56,8 +59,8 @@ class _EagerStep:
     def __call__(self, x, active_mask):
         active = active_mask.nonzero().flatten()
         if len(active) == self.B:  # nobody frozen yet (most steps): nothing to spread back
-            return self.forward(x, self.every)
-        feat, dss, dist, g = self.forward(x.index_select(0, active), active)
+            return self.forward(x, self.every, list(range(self.B)))
+        feat, dss, dist, g = self.forward(x.index_select(0, active), active, active.tolist())
 
         def spread(t):  # frozen faces read as infinitely far and over budget, so nothing about them changes
             return t.new_full((*t.shape[:-1], self.B), float("inf")).index_copy(-1, active, t)
@@ -77,7 +80,8 @@ class _GraphedStep:
         # the graph replays raw pointers: every tensor it reads must outlive it, hence self.*
         self.every = torch.arange(B, device=x.device)
         self.x = x
-        run = lambda: forward(self.x, self.every)  # noqa: E731
+        rows = list(range(B))
+        run = lambda: forward(self.x, self.every, rows)  # noqa: E731
         side = torch.cuda.Stream(device=x.device)
         side.wait_stream(torch.cuda.current_stream(x.device))
         with torch.cuda.stream(side):  # warm-up: cuDNN/JIT choices settle before capture
@@ -101,76 +105,119 @@ def use_cuda_graph(device: torch.device, settings: Settings) -> bool:
             and os.environ.get("FAWKES_FAST_CUDA_GRAPH", "1") != "0")
 
 
-def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets: list[torch.Tensor],
-             settings: Settings, untargeted: bool = False, on_step=None, seed: int = 0,
-             clean: list[torch.Tensor] | None = None, graph: bool | None = None) -> BatchResult:
-    """Cloak a batch of same-sized face crops. `chips_fn(x, mats, ext)` cuts an extractor's chips.
+class _Problem:
+    """Eq. 2 for one batch of faces: everything a step needs, computed once."""
 
-    `targets[k]` are L2-normalised (B, D) features for extractor k; when `untargeted`, they are
-    the faces' own clean features and the loss pushes away from them instead (from a tiny,
-    seeded random start: at x0 itself that loss has a zero gradient). `clean[k]`, the faces'
-    features at x0 when the caller already has them, saves one extractor pass. `graph`: replay
-    the step as a CUDA graph (default: `use_cuda_graph`).
-    """
-    B = x0.shape[0]
-    dev = x0.device
-    rho = settings.rho * settings.safety
-    start = x0
-    gen = torch.Generator().manual_seed(seed)
-    if untargeted:
-        start = (x0 + (torch.rand(x0.shape, generator=gen) * 2 - 1).to(dev)).clamp(0, 255)
-    w = ops.image_to_tanh(start, 0.0, 255.0)
-    x = ops.tanh_to_image(w, 0.0, 255.0).contiguous()
-    m, v = torch.zeros_like(w), torch.zeros_like(w)
-    step = torch.zeros(B, device=dev)
-    lr = torch.full((B,), settings.lr, device=dev)
+    def __init__(self, exts, x0, mats, targets, settings: Settings, untargeted, seeds, clean, boxes, gray):
+        B, dev, side = x0.shape[0], x0.device, x0.shape[-1]
+        self.exts, self.x0, self.mats, self.targets, self.s = exts, x0, mats, targets, settings
+        self.untargeted = untargeted
+        self.rho = settings.rho * settings.safety
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in (seeds if seeds is not None else range(B))]
+        self.boxes = boxes if boxes is not None else [(0, 0, side, side)] * B
+        self.grey = torch.tensor(gray if gray is not None else [False] * B, device=dev)
+        with torch.no_grad():
+            self.lab0 = rgb_to_lab(x0) if settings.colour_penalty > 0 else None
+            self.d0 = self._start_distances(clean)
 
-    with torch.no_grad():
-        # targeted: each extractor's distance is measured in units of where it started;
-        # untargeted distances start at 0 and are used as they are (normalised features, <= 4)
-        if untargeted:
-            d0 = torch.ones(len(exts), B, device=dev)
-        elif clean is not None and not settings.flip:  # the caller's features are plain, not flip-averaged
-            d0 = torch.stack([(c - t).pow(2).sum(1) for c, t in zip(clean, targets)]).clamp_min(1e-6)
-        else:
-            d0 = _distances(exts, chips_fn, x0, mats, targets, False, settings.flip).clamp_min(1e-6)
+    def _start_distances(self, clean):
+        """Targeted: each extractor's distance is measured in units of where it started.
+        Untargeted distances start at 0 and are used as they are (normalised features, <= 4)."""
+        if self.untargeted:
+            return torch.ones(len(self.exts), self.x0.shape[0], device=self.x0.device)
+        if clean is not None and not self.s.flip:  # the caller's features are plain, not flip-averaged
+            return torch.stack([(c - t).pow(2).sum(1) for c, t in zip(clean, self.targets)]).clamp_min(1e-6)
+        return _distances(self.exts, self.x0, self.mats, self.targets, False, self.s.flip).clamp_min(1e-6)
 
-    def forward(xs, idx):
-        """(feature loss, DSSIM, distances, gradient) of the faces `idx`, whose crops are `xs`."""
+    def start(self) -> torch.Tensor:
+        """The first iterate: the crops, or for untargeted cloaks a tiny seeded shake of them
+        (at x0 itself the untargeted loss has a zero gradient)."""
+        if not self.untargeted:
+            return self.x0
+        noise = torch.stack([torch.rand(self.x0.shape[1:], generator=g) for g in self.gens])
+        return (self.x0 + (noise * 2 - 1).to(self.x0.device)).clamp(0, 255)
+
+    def budget_terms(self, xa, idx, rows):
+        """Per face: DSSIM (the larger of its box's and its whole crop's: the box is the promised
+        budget, the crop keeps the rest of the region from taking what the box may not), and how
+        far its colour change exceeds the limits."""
+        colour = self.s.colour_penalty > 0
+        de = delta_e76(rgb_to_lab(xa), self.lab0.index_select(0, idx)) if colour else None
+        dss, col = [], []
+        for j, i in enumerate(rows):
+            l, t, r, b = self.boxes[i]
+            dss.append(ops.dssim(xa[j:j + 1, :, t:b, l:r], self.x0[i:i + 1, :, t:b, l:r])[0])
+            if colour:
+                col.append(colour_excess(de[j, t:b, l:r], self.s.colour_mean, self.s.colour_peak))
+        dss = torch.maximum(torch.stack(dss), ops.dssim(xa, self.x0.index_select(0, idx)))
+        return dss, (torch.stack(col) if colour else torch.zeros_like(dss))
+
+    def forward(self, xs, idx, rows):
+        """(feature loss, DSSIM, distances, gradient) of the faces `idx` (also as a list, `rows`),
+        whose crops are `xs`."""
+        s = self.s
         xa = xs.detach().requires_grad_(True)
-        dist = _distances(exts, chips_fn, xa, [mm.index_select(0, idx) for mm in mats],
-                          [t.index_select(0, idx) for t in targets], untargeted,
-                          settings.flip, settings.diversity, gen)
-        feat = (dist / d0.index_select(1, idx)).sum(0)
-        dss = ops.dssim(xa, x0.index_select(0, idx))
-        (g,) = torch.autograd.grad((feat + settings.penalty * torch.relu(dss - rho)).sum(), xa)
+        gens = [self.gens[i] for i in rows] if s.diversity > 0 else None
+        dist = _distances(self.exts, xa, [mm.index_select(0, idx) for mm in self.mats],
+                          [t.index_select(0, idx) for t in self.targets], self.untargeted, s.flip, s.diversity, gens)
+        feat = (dist / self.d0.index_select(1, idx)).sum(0)
+        dss, colour = self.budget_terms(xa, idx, rows)
+        loss = feat + s.penalty * torch.relu(dss - self.rho) + s.colour_penalty * colour
+        (g,) = torch.autograd.grad(loss.sum(), xa)
+        grey = self.grey.index_select(0, idx)[:, None, None, None]  # a grey photo's cloak stays grey
+        g = torch.where(grey, g.mean(1, keepdim=True).expand_as(g), g)
         return feat.detach(), dss.detach(), dist.detach(), g
 
-    graph = use_cuda_graph(dev, settings) if graph is None else graph
-    compute = _EagerStep(forward, x)
+
+def optimise(exts, x0: torch.Tensor, mats: list[torch.Tensor], targets: list[torch.Tensor],
+             settings: Settings, untargeted: bool = False, on_step=None, seeds: list[int] | None = None,
+             clean: list[torch.Tensor] | None = None, graph: bool | None = None,
+             boxes: list[tuple[int, int, int, int]] | None = None, gray: list[bool] | None = None) -> BatchResult:
+    """Cloak a batch of same-sized face crops; `mats[k]` cut extractor k's chips from them.
+
+    `targets[k]` are L2-normalised (B, D) features for extractor k; when `untargeted`, they are
+    the faces' own clean features and the loss pushes away from them instead. `seeds`: one per
+    face; each face draws its randomness from its own generator, so its cloak does not depend on
+    its batch-mates' randomness. `clean[k]`, the faces' features at x0 when the caller already has
+    them, saves one extractor pass. `graph`: replay the step as a CUDA graph (default:
+    `use_cuda_graph`). `boxes`: each face's detection box in crop pixels, where its DSSIM budget
+    and colour limit are measured (default: the whole crop). `gray`: faces of grayscale photos,
+    whose cloak is kept grey (the same change in R, G and B).
+    """
+    problem = _Problem(exts, x0, mats, targets, settings, untargeted, seeds, clean, boxes, gray)
+    w = ops.image_to_tanh(problem.start(), 0.0, 255.0)
+    x = ops.tanh_to_image(w, 0.0, 255.0).contiguous()
+    graph = use_cuda_graph(x0.device, settings) if graph is None else graph
+    compute = _EagerStep(problem.forward, x)
     if graph:
         try:
-            compute = _GraphedStep(forward, x, B)
+            compute = _GraphedStep(problem.forward, x, x0.shape[0])
         except RuntimeError as e:  # an op this torch cannot capture: the eager step gives the same cloak
             warnings.warn(f"CUDA graph capture failed, running eagerly: {e}", RuntimeWarning, stacklevel=2)
-    best = x0.clone()
-    best_loss = torch.full((B,), float("inf"), device=dev)
+    return _descend(problem, compute, w, x, on_step)
+
+
+def _descend(problem: _Problem, compute, w, x, on_step) -> BatchResult:
+    """Adam in tanh space; each face keeps its best iterate within the budget and freezes on a stall."""
+    s, B, dev = problem.s, x.shape[0], x.device
+    m, v = torch.zeros_like(w), torch.zeros_like(w)
+    step = torch.zeros(B, device=dev)
+    lr = torch.full((B,), s.lr, device=dev)
+    best, best_loss = problem.x0.clone(), torch.full((B,), float("inf"), device=dev)
     best_dssim = torch.zeros(B, device=dev)
     stall = torch.zeros(B, dtype=torch.long, device=dev)
     # under random transformations the loss is noisy: a stall says nothing, so run every step
-    patience = settings.patience if settings.diversity <= 0 else settings.steps + 1
-
-    for it in range(settings.steps + 1):
+    patience = s.patience if s.diversity <= 0 else s.steps + 1
+    for it in range(s.steps + 1):
         running = lr > 0
         if not bool(running.any()):
             break
         feat, dss, dist, g = compute(x, running)
         with torch.no_grad():
             # keep the best iterate that meets the budget; this x is the one the loss was taken at
-            ok = running & (dss <= rho)
+            ok = running & (dss <= problem.rho)
             improved = ok & (feat < best_loss)
-            margin = settings.min_improvement * best_loss.abs()
-            significant = improved & (torch.isinf(best_loss) | (feat < best_loss - margin))
+            significant = improved & (torch.isinf(best_loss) | (feat < best_loss - s.min_improvement * best_loss.abs()))
             torch.where(improved[:, None, None, None], x, best, out=best)  # in place: no new image per step
             best_dssim = torch.where(improved, dss, best_dssim)
             best_loss = torch.where(improved, feat, best_loss)
@@ -179,10 +226,10 @@ def optimise(exts, chips_fn, x0: torch.Tensor, mats: list[torch.Tensor], targets
             # it back), and freezing then would leave the face uncloaked
             stall = torch.where(significant, 0, stall + ok.long())
             done = running & (stall >= patience)
-            if settings.stop_at is not None and not untargeted:
+            if s.stop_at is not None and not problem.untargeted:
                 # paper §8.2: stop once the distance to the target is a fraction of where it began
-                done |= ok & (dist / d0 <= settings.stop_at ** 2).all(0)
-            if it == settings.steps:
+                done |= ok & (dist / problem.d0 <= s.stop_at ** 2).all(0)
+            if it == s.steps:
                 break
             lr = torch.where(done, 0.0, lr)
             step += (lr > 0).float()

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..extractors.loading import _quiet_jit
+from ..extractors.registry import builtin
 from ..io.files import write_atomic
 
 
@@ -126,10 +128,9 @@ def _metrics(student, teacher, x, r: Recipe) -> dict:
 
 def train(base: str, chips: torch.Tensor, recipe: Recipe, device, log=print):
     """(student module in eval mode on CPU, record dict). chips: (N, 3, S, S) uint8."""
-    from .loading import _builtin_source
-
-    src, build, template, size, dim = _builtin_source(base)
-    teacher = build(src).eval().to(device)
+    loader = builtin(base)
+    template, size, dim = loader.template, loader.chip_size, loader.dim
+    teacher = loader.build(loader.source()).eval().to(device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     student = trainable(copy.deepcopy(teacher))
@@ -197,8 +198,6 @@ def _device_name(device) -> str:
 def export(student: nn.Module, record: dict, out: Path) -> list[Path]:
     """out.pt (TorchScript, loadable with extractors.load), out.json (its spec),
     out.weights.pt (float16 state dict: what a built-in ships), out.record.json."""
-    from .loading import _quiet_jit
-
     out.parent.mkdir(parents=True, exist_ok=True)
     size = record["chip_size"]
     with _quiet_jit(), torch.no_grad():

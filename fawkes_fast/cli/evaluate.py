@@ -13,6 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from PIL import Image
+
+from ..io.files import write_atomic
+from ..io.images import load_image
+from .errors import UsageError
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("evaluate", help="estimate your protection from original + cloaked photos")
@@ -28,11 +34,11 @@ def add_parser(subparsers):
     return p
 
 
+def _write_text(path, text: str) -> None:
+    write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def _thumb(path, side=112) -> bytes:
-    from PIL import Image
-
-    from ..io.images import load_image
-
     img = Image.fromarray(load_image(str(path)))
     img.thumbnail((side, side))
     buf = io.BytesIO()
@@ -74,7 +80,7 @@ def write_report(path, pairs, results, text_table: str) -> None:
         rows = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in s) + "</tr>" for s in summary)
         thumbs = "".join(f"<tr><td>{p.original.name}</td><td><img src='{uri(_thumb(p.original), 'image/jpeg')}'></td>"
                          f"<td><img src='{uri(_thumb(p.cloaked), 'image/jpeg')}'></td></tr>" for p in pairs)
-        path.write_text(
+        _write_text(path,
             "<!doctype html><meta charset='utf-8'><title>fawkes-fast protection report</title>"
             "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:4px}table{border-collapse:collapse}</style>"
             "<h1>Protection estimate</h1><p>A simulated tracker (linear classifier on the target bank's other people plus "
@@ -95,18 +101,17 @@ def write_report(path, pairs, results, text_table: str) -> None:
         (files / f"{i}_original.jpg").write_bytes(_thumb(p.original))
         (files / f"{i}_cloaked.jpg").write_bytes(_thumb(p.cloaked))
         lines.append(f"| {p.original.name} | ![]({files.name}/{i}_original.jpg) | ![]({files.name}/{i}_cloaked.jpg) |")
-    path.write_text("\n".join(lines) + "\n")
+    _write_text(path, "\n".join(lines) + "\n")
 
 
 def run(args) -> int:
-    from .user_check import check, table
+    from ..evaluate.user_check import check, table
 
     try:
         pairs, results = check(args.original, args.cloaked, tuple(args.extractors or ("dlib",)),
                                population=args.population, seed=args.seed)
     except (ValueError, FileNotFoundError) as e:
-        print(f"fawkes-fast evaluate: {e}")
-        return 2
+        raise UsageError(str(e)) from None
     text = table(results)
     print(f"{len(pairs)} photo pairs; simulated tracker: {results[0].population} other identities from the target bank")
     print(text)
@@ -114,19 +119,6 @@ def run(args) -> int:
         write_report(args.report, pairs, results, text)
         print(f"report: {args.report}")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"pairs": [[str(p.original), str(p.cloaked)] for p in pairs],
+        _write_text(args.json_out, json.dumps({"pairs": [[str(p.original), str(p.cloaked)] for p in pairs],
                                                    "results": [r.__dict__ for r in results]}, indent=1))
     return 0
-
-
-def main(argv=None) -> int:  # standalone use until the lead wires it into fawkes_fast.cli
-    import argparse
-
-    ap = argparse.ArgumentParser(prog="fawkes-fast")
-    add_parser(ap.add_subparsers(dest="command", required=True))
-    args = ap.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,6 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..faces.align import warp_chips
+from ..faces.detect import FaceDetector
+from ..io.images import ImageError, load_image
+
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
@@ -45,10 +49,6 @@ def data_hash(paths) -> str:
 
 def cut_chips(paths, ext, log=print) -> tuple[torch.Tensor, list[str]]:
     """(N, 3, S, S) uint8 chips of the largest face of each photo, for `ext`'s template."""
-    from ..faces.align import warp_chips
-    from ..faces.detect import FaceDetector
-    from ..io.images import ImageError, load_image
-
     det = FaceDetector(kind="hog")
     chips, kept = [], []
     for i, p in enumerate(paths):

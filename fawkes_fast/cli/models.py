@@ -1,4 +1,4 @@
-"""`fawkes-fast models build | train-robust`.
+"""`fawkes-fast models build | train-robust`: build the TorchScript cache, train a robust extractor.
 
     fawkes-fast models build [--force]
     fawkes-fast models train-robust --data ../shared/data/lfw ../shared/data/gan-faces \\
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     t.add_argument("--save-quality", type=int, default=95, help="JPEG quality of saved chips (default 95)")
     t.add_argument("--chips-only", action="store_true", help="stop after saving the chips")
     t.add_argument("--recipe", default="cpu", help="cpu (reduced, <1 h on 2 cores) or gpu")
-    from .robust import Recipe
+    from ..training.robust import Recipe
 
     for f in fields(Recipe):
         kind = {"float": float, "float | None": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(f.type, int)
@@ -42,9 +42,9 @@ def add_parser(sub) -> None:
 
 
 def cmd_build(args) -> int:
-    from . import BUILTIN, build_builtin
+    from ..extractors import build_builtin, builtin_names
 
-    for name in BUILTIN:
+    for name in builtin_names():
         t0 = time.perf_counter()
         path = build_builtin(name, force=args.force)
         print(f"{name}: {path} ({time.perf_counter() - t0:.1f} s)")
@@ -54,10 +54,10 @@ def cmd_build(args) -> int:
 def cmd_train_robust(args) -> int:
     import torch
 
-    from ..pipeline import resolve_device
-    from . import load
-    from .chip_data import cut_chips, data_hash, list_photos, load_chips, save_chips, seeded_subset
-    from .robust import RECIPES, export, train
+    from ..device import resolve_device
+    from ..extractors import load
+    from ..training.chip_data import cut_chips, data_hash, list_photos, load_chips, save_chips, seeded_subset
+    from ..training.robust import RECIPES, export, train
 
     if args.recipe not in RECIPES:
         raise SystemExit(f"--recipe must be one of {', '.join(RECIPES)}")

@@ -1,0 +1,34 @@
+"""`fawkes-fast demo`: cloak scikit-image's public-domain astronaut portrait, write a side-by-side."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..io.images import load_image
+from ..io.save import OUTPUT_SUFFIXES, save_image_atomic
+from .cloak import add_cloak_options, cmd_cloak
+
+
+def add_parser(sub) -> None:
+    d = sub.add_parser("demo", help="cloak scikit-image's astronaut portrait")
+    d.add_argument("-o", "--output", metavar="DIR", default="fawkes-demo")
+    add_cloak_options(d)
+    d.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from skimage import data  # scikit-image loads slowly: only for the demo
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    original = out / "astronaut.png"
+    save_image_atomic(original, data.astronaut(), overwrite=True)
+    args.paths, args.output, args.overwrite = [str(original)], None, True
+    code = cmd_cloak(args)
+    cloaked = out / f"astronaut_cloaked{OUTPUT_SUFFIXES[args.format]}"
+    if cloaked.exists():
+        side = np.concatenate([data.astronaut(), load_image(cloaked)], axis=1)
+        save_image_atomic(out / "astronaut_side_by_side.png", side, overwrite=True)
+        print(f"wrote {cloaked} and {out / 'astronaut_side_by_side.png'}")
+    return code

@@ -1,0 +1,79 @@
+"""Options of `fawkes-fast serve` (see fawkes_fast/cli/serve.py)."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+MODES = ("low", "mid", "high")
+FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"  # loopback: exposing the service is an explicit choice
+    port: int = 8000
+    device: str | None = None
+    mode: str = "mid"  # default when a request does not name one
+    extractors: tuple = ("dlib",)
+    max_batch: int = 8  # photos per Cloaker.cloak call
+    max_wait_ms: float = 25.0  # how long the first request of a batch waits for company
+    max_queue: int = 64  # requests waiting for a batch; more get 429
+    max_bytes: int = 20_000_000
+    max_pixels: int = 50_000_000
+    timeout_s: float = 120.0  # per request, queue wait included; then 504
+    drain_s: float = 60.0  # on SIGTERM, how long in-flight requests may take to finish
+    token_file: str | None = None
+    workers: int = 1  # batches running at once (each holds the models' compute in turn)
+    open_browser: bool = False
+
+    def token(self) -> str | None:
+        """The bearer token from --token-file (surrounding whitespace ignored)."""
+        if not self.token_file:
+            return None
+        token = Path(self.token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"token file {self.token_file} is empty")
+        return token
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+        return value
+    return parse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = ServeConfig()
+    p.add_argument("--host", default=d.host, help="interface to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=d.port)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--mode", default=d.mode, choices=MODES, help="default mode of a request")
+    p.add_argument("--extractor", action="append", dest="extractors", metavar="NAME",
+                   help="dlib (default), sface, dlib-robust or a model file; repeat for a joint cloak")
+    p.add_argument("--max-batch", type=_positive(int), default=d.max_batch, help="photos per batch")
+    p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                   help="how long a batch waits for more requests")
+    p.add_argument("--max-queue", type=_positive(int), default=d.max_queue,
+                   help="requests allowed to wait; more get 429 with Retry-After")
+    p.add_argument("--max-bytes", type=_positive(int), default=d.max_bytes, help="largest request body")
+    p.add_argument("--max-pixels", type=_positive(int), default=d.max_pixels, help="largest image (w*h)")
+    p.add_argument("--timeout-s", type=_positive(float), default=d.timeout_s,
+                   help="per-request deadline, queue included (then 504)")
+    p.add_argument("--drain-s", type=_positive(float), default=d.drain_s,
+                   help="on SIGTERM, time allowed for in-flight requests")
+    p.add_argument("--token-file", default=None, metavar="F",
+                   help="require 'Authorization: Bearer <token in F>' on /v1/cloak and /metrics")
+    p.add_argument("--workers", type=_positive(int), default=d.workers, help="batches running at once")
+    p.add_argument("--open", dest="open_browser", action="store_true", help="open the page in a browser")
+
+
+def from_args(args: argparse.Namespace) -> ServeConfig:
+    names = {f.name for f in fields(ServeConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    if "extractors" in values:
+        values["extractors"] = tuple(values["extractors"])
+    return ServeConfig(**values)

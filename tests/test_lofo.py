@@ -1,0 +1,60 @@
+"""Leave-one-family-out evaluation (bench/lofo.py, issue #15): the plan, and a tiny end-to-end run."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import lofo  # noqa: E402
+
+from fawkes_fast.optimize.modes import settings_for  # noqa: E402
+
+
+def test_each_family_is_kept_out_of_its_own_cloak():
+    p = lofo.plan(["dlib", "sface", "facenet"], ["dlib", "dlib-robust", "sface", "facenet"])
+    assert p == {"dlib": ["sface", "facenet"], "sface": ["dlib", "dlib-robust", "facenet"],
+                 "facenet": ["dlib", "dlib-robust", "sface"]}
+    assert lofo.plan(["dlib"], ["dlib-robust", "my.onnx"]) == {"dlib": ["my.onnx"]}  # a file: its own family
+
+
+def test_scenarios_track_the_held_out_family_first_and_the_tradeoff_sweeps_rho():
+    scs = lofo.lofo_scenarios(("dlib", "sface", "facenet"), ("dlib", "sface"), tradeoff=True)
+    assert [s.name for s in scs] == [f"lofo_{f}_rho_{r}" for f in ("dlib", "sface", "facenet") for r in lofo.RHOS]
+    for s in scs:
+        held = s.name.split("_")[1]
+        assert s.trackers[0] == held and sorted(s.trackers) == ["dlib", "facenet", "sface"]
+        assert held not in [lofo.FAMILY[e] for e in s.cloak["extractors"]] and s.budget
+        assert s.cloak["rho"] == float(s.name.rsplit("_", 1)[1])
+    # a family with no extractor outside it gets no row rather than an uncloaked one
+    assert [s.name for s in lofo.lofo_scenarios(("dlib", "sface"), ("dlib",))] == ["lofo_sface_mid"]
+
+
+@pytest.mark.slow
+def test_tiny_run_writes_the_table(lfw_dir, tmp_path):
+    args = ["--lfw", str(lfw_dir), "--users", "2", "--max-train", "3", "--population", "20", "--per-identity", "12",
+            "--steps", "10", "--classifiers", "logreg,match", "--extractors", "dlib,sface", "--families", "dlib,sface",
+            "--out", str(tmp_path)]
+    assert lofo.main(args) == 0
+    results = json.loads((tmp_path / "lofo.json").read_text())
+    assert [r["scenario"]["name"] for r in results] == ["lofo_dlib_mid", "lofo_sface_mid"]
+    for r in results:
+        held = r["scenario"]["trackers"][0]
+        assert r["scenario"]["cloak"]["extractors"] == (["sface"] if held == "dlib" else ["dlib"])
+        assert r["cloaked_photos"] == 6 and r["cloak_seconds"] > 0
+        for u in r["per_user"]:
+            t = u["trackers"][held]
+            assert t["queries"] >= 3 and t["user_train_features"] >= 2
+            for c in ("logreg", "match"):  # a share of this user's clean queries
+                assert t[c]["protection"] * t["queries"] == pytest.approx(round(t[c]["protection"] * t["queries"]))
+            assert t["logreg"]["normal"] >= 0.8, "the tracker must still know the other identities"
+        b = r["budget"]
+        assert b["faces"] >= 6 and b["mean_de"] > 0 and 0 < b["box_dssim_max"] < 0.05
+    rho = settings_for("mid").rho
+    md = (tmp_path / "lofo.md").read_text()
+    assert f"| dlib | sface | {rho} |" in md and f"| sface | dlib | {rho} |" in md
+    # resumable: a second run reads the JSON back instead of cloaking again
+    assert lofo.main(args) == 0 and json.loads((tmp_path / "lofo.json").read_text()) == results
