@@ -61,7 +61,7 @@ def _extension():
 setup(
     packages=find_packages(include=["fawkes_fast", "fawkes_fast.*"]) + ["fawkes_fast.models"],
     package_dir={"fawkes_fast.models": "models"},
-    package_data={"fawkes_fast.models": ["*.npz", "*.json", "*.pt"]},
+    package_data={"fawkes_fast.models": ["*.npz", "*.json", "*.pt"], "fawkes_fast.serve": ["page/*.html"]},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension},
     zip_safe=False,

@@ -3,6 +3,7 @@ a Markdown table and plots into bench/results/. Resumable: a scenario whose JSON
 
     python bench/protection.py --scenarios uncloaked,mid_dlib,rho_0.004 --users 3 --max-train 10
     python bench/protection.py --scenarios all --users 10          # the full matrix (GPU advised)
+    python bench/protection.py --scenarios mid_dlib --set colour_mean=2.0 --tag _cm2   # one option changed
     python bench/protection.py --list
     python bench/protection.py --scenarios all --users 10 --max-train 10 --out bench/results/users10 --readme README.md
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -70,6 +72,9 @@ def main() -> int:
     ap.add_argument("--list", action="store_true", help="list scenario names and exit")
     add_config_args(ap)
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a cloaking option of every chosen scenario, e.g. colour_mean=2.0 "
+                         "(repeatable; give a --tag so results do not overwrite the presets')")
     ap.add_argument("--readme", metavar="FILE", help="write the summary table between the "
                     "<!-- protection:begin/end --> markers of FILE (e.g. README.md)")
     args = ap.parse_args()
@@ -82,8 +87,16 @@ def main() -> int:
     unknown = [n for n in names if n not in table]
     if unknown:
         ap.error(f"unknown scenario(s): {', '.join(unknown)}; see --list")
+    overrides = {}
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        overrides[key.strip()] = json.loads(value)
+    if overrides and not args.tag:
+        ap.error("--set needs a --tag, so the results do not overwrite the presets'")
+    chosen = [replace(table[n], cloak={**table[n].cloak, **overrides}) if overrides and table[n].cloak else table[n]
+              for n in names]
     out = Path(args.out)
-    results = run_all([table[n] for n in names], config_from(args), out, args.tag, args.force)
+    results = run_all(chosen, config_from(args), out, args.tag, args.force)
     md = markdown_table(results)
     (out / f"protection{args.tag}.md").write_text(md)
     plots = plot_results(results, out)

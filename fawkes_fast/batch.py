@@ -54,7 +54,7 @@ class FaceBatch:
 
     photos: list[Photo]
     regions: list  # per face: pipeline.Region, the square the cloak may touch
-    boxes: list[tuple[int, int, int, int]]  # per face: detection box in working-crop pixels (the budget's)
+    boxes: list[np.ndarray]  # per face: (K, 4) its budget boxes (faces.budget) in working-crop pixels
     crops: list[torch.Tensor]  # per face: (3, work, work) float working crop of the original
     mats: list[torch.Tensor]  # per extractor: (n, 2, 3) chip -> working-crop affine
     clean: list[torch.Tensor]  # per extractor: (n, D) clean normalised features

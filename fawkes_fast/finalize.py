@@ -1,6 +1,7 @@
 """Paste cloaks back into the photo at full resolution and make the budget true on the output.
 
-The budget belongs to the face: the DSSIM over each face's detection box, between what is saved
+The budget belongs to the face: the DSSIM over each face's detection box (and over the boxes other
+detectors may draw instead, `faces.budget`), between what is saved
 (after 8-bit rounding and, for JPEG/WebP, after decoding the bytes) and the original encoded the
 same way, so that a lossy format's own noise is not counted as cloak. The optimiser works on a
 (possibly downscaled) crop, so the figure is measured again here on exactly those pixels, and a
@@ -17,7 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
+from .faces.budget import budget_boxes, photo_dssim, scaled_boxes, whole_boxes
 from .io.images import decode_image, encode_image
+from .optimize.modes import Settings
 from .perceptual import colour_difference
 from .pipeline import Region
 
@@ -36,7 +39,7 @@ class FaceCloak:
 class Finished:
     image: np.ndarray  # uint8 RGB to save
     encoded: bytes | None  # the exact bytes checked, when a format was given
-    measures: list[dict]  # per face: dssim (box), region_dssim, delta_e, delta_e_p99
+    measures: list[dict]  # per face: dssim (max over its budget boxes), region_dssim, delta_e, delta_e_p99
     uncloaked: list[bool]  # per face: no cloak fitted the budget (it was scaled to nothing)
 
 
@@ -85,7 +88,7 @@ def _compose(rgb, parts, alpha) -> np.ndarray:
 
 
 def finalize_photo(rgb: np.ndarray, cloaks: list[FaceCloak], rho: float, fmt: str | None = None,
-                   quality: int = 95, safety: float = 0.97) -> Finished:
+                   quality: int = 95, safety: float = Settings.safety) -> Finished:
     """Paste, encode, measure each face's box DSSIM on what is saved, and shrink what overshoots.
 
     A face with no cloak that fits is reported in `uncloaked` (its cloak is removed), never
@@ -95,26 +98,47 @@ def finalize_photo(rgb: np.ndarray, cloaks: list[FaceCloak], rho: float, fmt: st
     lossy = bool(fmt) and fmt.lower() in LOSSY
     reference = decode_image(encode_image(rgb, fmt, quality)) if lossy else rgb
     parts = [_full_res(c, h, w) for c in cloaks]
-    boxes = [pixel_box(c.box, h, w) for c in cloaks]
+    boxes = [whole_boxes(budget_boxes(c.box), h, w) for c in cloaks]
     alpha = np.ones(len(parts))
-    for attempt in range(MAX_TRIES + 1):
+    reach = _reach(boxes, parts)
+    for attempt in range(MAX_TRIES + 2):
         out = _compose(rgb, parts, alpha)
         encoded = encode_image(out, fmt, quality) if fmt else None
         seen = decode_image(encoded) if lossy else out
-        dss = np.array([box_dssim(reference, seen, b) for b in boxes])
+        dss = np.array([photo_dssim(reference, seen, face).max() for face in boxes])
         over = dss > rho
         if not over.any():
-            measures = [_measures(reference, seen, box, part[0], d) for box, part, d in zip(boxes, parts, dss)]
-            return Finished(out, encoded, measures, [bool(a == 0) for a in alpha])
+            measures = [_measures(reference, seen, c, face, part[0], d) for c, face, part, d in zip(cloaks, boxes, parts, dss)]
+            # a cloak scaled below half an 8-bit step leaves its face as it was: that is no cloak either
+            untouched = [a == 0 or float(np.abs(d).max(initial=0.0)) * a < 0.5 for (_, d), a in zip(parts, alpha)]
+            return Finished(out, encoded, measures, [bool(u) for u in untouched])
+        factor = np.clip(np.sqrt(rho * safety / np.maximum(dss, 1e-12)), 0.0, 0.95)
+        shrink = over.copy()
+        for i in np.flatnonzero(over):  # a neighbour whose region reaches this face's boxes shrinks too
+            near = reach[i] & (alpha > 0)
+            shrink |= near
+            factor[near] = np.minimum(factor[near], factor[i])
         if attempt >= MAX_TRIES - 1:
-            alpha[over] = 0.0  # last resort: remove those cloaks; the caller reports them
+            alpha[shrink] = 0.0  # last resort: remove those cloaks; the caller reports them
         else:  # DSSIM grows about quadratically with the cloak's amplitude
-            alpha[over] *= np.clip(np.sqrt(rho * safety / dss[over]), 0.0, 0.95)
+            alpha[shrink] *= factor[shrink]
     raise ValueError(f"the saved file breaks the DSSIM budget {rho} even without a cloak "
                      f"(face DSSIM {dss.max():.4f})")
 
 
-def _measures(reference, seen, box, region_box, dssim) -> dict:
-    mean, p99 = colour_difference(reference, seen, box)
+def _reach(boxes, parts) -> np.ndarray:
+    """(n, n) bool: face j's region touches face i's budget boxes (j != i)."""
+    n = len(parts)
+    out = np.zeros((n, n), bool)
+    for i, b in enumerate(boxes):
+        L, T, R, B = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
+        for j, ((l, t, r, bt), _) in enumerate(parts):
+            out[i, j] = j != i and l < R and L < r and t < B and T < bt
+    return out
+
+
+def _measures(reference, seen, cloak, boxes, region_box, dssim) -> dict:
+    h, w = seen.shape[:2]
+    mean, p99 = colour_difference(reference, seen, boxes, whole_boxes(scaled_boxes(cloak.box), h, w))
     return {"dssim": float(dssim), "region_dssim": box_dssim(reference, seen, region_box),
-            "delta_e": mean, "delta_e_p99": p99}
+            "delta_e": float(mean), "delta_e_p99": float(p99)}

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from . import extractors as extractor_registry
 from .batch import FaceBatch, Photo
 from .device import resolve_device
-from .faces.align import warp_batch
+from .faces.warp import warp_batch
+from .faces.budget import budget_boxes, whole_boxes
 from .faces.detect import FaceDetector
 
 REGION_MULTIPLE = 16
@@ -62,12 +63,9 @@ class Region:
         """(left, top, right, bottom) of the part inside the photo; right/bottom exclusive."""
         return max(self.x0, 0), max(self.y0, 0), min(self.x0 + self.side, width), min(self.y0 + self.side, height)
 
-    def box_in_work(self, box) -> tuple[int, int, int, int]:
-        """A photo-pixel box (left, top, right, bottom) in working-crop pixels, clamped to the crop."""
-        s = self.work / self.side
-        l, t, r, b = ((float(v) - o) * s for v, o in zip(box, (self.x0, self.y0, self.x0, self.y0)))
-        clamp = lambda v: int(min(max(round(v), 0), self.work))  # noqa: E731
-        return clamp(l), clamp(t), clamp(r), clamp(b)
+    def boxes_in_work(self, boxes: np.ndarray) -> np.ndarray:
+        """(K, 4) photo-pixel boxes as whole working-crop pixels, clipped to the crop."""
+        return whole_boxes(boxes, self.work, self.work, offset=(self.x0, self.y0), scale=self.work / self.side)
 
     def photo_to_work(self) -> np.ndarray:
         """(3, 3) affine taking photo pixel coordinates to working-crop pixel coordinates."""
@@ -193,7 +191,7 @@ class FacePipeline:
             face_regions, face_mats = self.regions(photo.faces)
             for face, region, m in zip(photo.faces, face_regions, face_mats):
                 regions.append(region)
-                boxes.append(region.box_in_work(face.box))
+                boxes.append(region.boxes_in_work(budget_boxes(face.box)))
                 owner.append(p_i)
                 for k in range(len(self.extractors)):
                     mats[k].append(m[k])

@@ -21,13 +21,13 @@ class FaceReport:
     landmarks: list  # dlib's 5 points
     region: tuple  # left, top, right, bottom (exclusive) of the pixels the cloak may touch
     target: str | None  # target identity, None when untargeted
-    dssim: float  # the budget's figure: over the face's detection box, on the saved pixels/bytes
+    dssim: float  # the budget's figure: the largest over the face's budget boxes, on the saved pixels/bytes
     steps: int
     # per extractor: {"to_original": before/after, "to_target": before/after}
     distances: dict = field(default_factory=dict)
     region_dssim: float | None = None  # the same over the whole region (diluted; for comparison)
-    delta_e: float | None = None  # mean CIEDE2000 colour difference over the box
-    delta_e_p99: float | None = None  # its 99th percentile
+    delta_e: float | None = None  # mean CIEDE2000 colour difference (the largest over the budget boxes)
+    delta_e_p99: float | None = None  # its 99th percentile (likewise)
 
 
 @dataclass

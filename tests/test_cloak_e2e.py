@@ -71,6 +71,7 @@ def test_cloak_moves_native_dlib_toward_target(png_results, photos):
 
 def test_budget_holds_on_saved_png_and_jpeg(cloaker, photos, png_results):
     rho = fawkes_fast.MODES["mid"].rho
+    from fawkes_fast.faces.budget import budget_boxes, whole_boxes
     from fawkes_fast.finalize import pixel_box
     from fawkes_fast.io.images import decode_image, encode_image
 
@@ -81,12 +82,17 @@ def test_budget_holds_on_saved_png_and_jpeg(cloaker, photos, png_results):
             saved = np.asarray(Image.open(io.BytesIO(res.encoded)).convert("RGB"))
             # the budget is the face box's, against the original encoded the same way
             ref = decode_image(encode_image(orig, "jpeg", 92)) if fmt == "jpeg" else orig
+            h, w = orig.shape[:2]
             for f in res.faces:
-                l, t, r, b = pixel_box(f.box, *orig.shape[:2])
+                l, t, r, b = pixel_box(f.box, h, w)
                 measured = skimage_dssim(ref[t:b, l:r], saved[t:b, l:r])
-                assert measured <= rho * 1.02, (measured, rho)
-                assert abs(measured - f.dssim) < 1e-4  # the report tells the truth
                 assert measured > rho * 0.2  # a cloak was really applied
+                # the report's figure is the largest over the budget boxes (the detection box is the first)
+                family = [skimage_dssim(ref[t:b, l:r], saved[t:b, l:r])
+                          for l, t, r, b in whole_boxes(budget_boxes(f.box), h, w)[::7]]
+                assert measured == pytest.approx(family[0], abs=1e-9)
+                assert max(family) <= f.dssim + 1e-4 and f.dssim <= rho * 1.02, (max(family), f.dssim, rho)
+                assert f.dssim - max(family) < 0.1 * f.dssim  # a sample of the boxes comes near the report
 
 
 def test_pixels_outside_faces_unchanged(png_results, photos):

@@ -73,10 +73,22 @@ def on_ray(photos, out, **kwargs):
     return cloak_paths([photos], out, actors=2, seed=SEED, batch_size=BATCH, **FAST, **kwargs)
 
 
+def rounded(value, places: int = 4):
+    """Floats rounded: CPU kernels are not batch-invariant, so a clean feature computed beside other
+    photos differs in the 7th digit (the pixels, checked exactly, do not)."""
+    if isinstance(value, float):
+        return round(value, places)
+    if isinstance(value, dict):
+        return {k: rounded(v, places) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(rounded(v, places) for v in value)
+    return value
+
+
 def comparable(row: dict, out) -> dict:
     """A row without its timing, with its output relative to the run's output folder."""
     output = row["output"] and str(Path(row["output"]).relative_to(out))
-    return {**row, "seconds": None, "output": output}
+    return rounded({**row, "seconds": None, "output": output})
 
 
 def pixels(path) -> np.ndarray:

@@ -120,10 +120,25 @@ def test_json_answer_and_multipart_upload(server):
     assert Image.open(io.BytesIO(base64.b64decode(body["image"]))).format == "WEBP"
 
 
-def test_settings_the_budget_cannot_meet_are_422(server):
-    r = post(server, PHOTO, {"format": "jpeg", "quality": 40})  # JPEG q40 alone changes the face too much
-    assert_problem(r, 422, "error")
-    assert "budget" in r.json()["message"]
+def test_low_jpeg_quality_is_measured_against_its_own_encoding(server):
+    """JPEG q40's own noise is not the cloak: the budget is taken against the original at q40."""
+    r = post(server, PHOTO, {"format": "jpeg", "quality": 40})
+    assert r.status_code == 200 and r.headers["x-fawkes-status"] == "cloaked", r.text
+    faces = json.loads(r.headers["x-fawkes-faces"])
+    assert faces and all(0 < f["dssim"] <= 0.004 * 1.02 for f in faces)  # `low`: rho 0.004
+
+
+def test_a_face_no_cloak_fits_is_422_with_no_image():
+    from fawkes_fast.reports import CloakResult, FaceReport
+    from fawkes_fast.serve.responses import result_response
+
+    face = FaceReport(box=(1.0, 2.0, 30.0, 40.0), landmarks=[], region=(0, 0, 48, 48), target="x", dssim=0.0,
+                      steps=60, distances={})
+    r = result_response(CloakResult(None, "over_budget", "no cloak fits", [face]), fmt="png", seed=1,
+                        batch_size=1, want_json=False)
+    body = json.loads(r.body)
+    assert r.status_code == 422 and r.headers["x-fawkes-status"] == "over_budget"
+    assert body["status"] == "over_budget" and "budget" in body["message"] and "image" not in body
 
 
 def test_no_face_is_200_without_an_image(server):

@@ -1,6 +1,7 @@
 """`fawkes-fast demo`: cloak scikit-image's public-domain astronaut portrait, write a side-by-side."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,15 @@ def add_parser(sub) -> None:
     d.set_defaults(func=cmd_demo)
 
 
+def _print_face_figures(report: Path) -> None:
+    """What a person would see: the face's DSSIM over its box (the budget) and its colour change."""
+    for row in json.loads(report.read_text()) if report.exists() else []:
+        for f in row.get("faces") or []:
+            if f.get("delta_e") is not None:
+                print(f"face at {[round(v) for v in f['box']]}: DSSIM over the face box {f['dssim']:.4f}, "
+                      f"mean colour difference ΔE2000 {f['delta_e']:.2f} (99th percentile {f['delta_e_p99']:.2f})")
+
+
 def cmd_demo(args) -> int:
     from skimage import data  # scikit-image loads slowly: only for the demo
 
@@ -25,7 +35,10 @@ def cmd_demo(args) -> int:
     original = out / "astronaut.png"
     save_image_atomic(original, data.astronaut(), overwrite=True)
     args.paths, args.output, args.overwrite = [str(original)], None, True
+    if not args.json_report:
+        args.json_report = str(out / "report.json")
     code = cmd_cloak(args)
+    _print_face_figures(Path(args.json_report))
     cloaked = out / f"astronaut_cloaked{OUTPUT_SUFFIXES[args.format]}"
     if cloaked.exists():
         side = np.concatenate([data.astronaut(), load_image(cloaked)], axis=1)

@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     t.add_argument("--save-quality", type=int, default=95, help="JPEG quality of saved chips (default 95)")
     t.add_argument("--chips-only", action="store_true", help="stop after saving the chips")
     t.add_argument("--recipe", default="cpu", help="cpu (reduced, <1 h on 2 cores) or gpu")
-    from ..training.robust import Recipe
+    from ..training.recipe import Recipe
 
     for f in fields(Recipe):
         kind = {"float": float, "float | None": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(f.type, int)
@@ -57,7 +57,8 @@ def cmd_train_robust(args) -> int:
     from ..device import resolve_device
     from ..extractors import load
     from ..training.chip_data import cut_chips, data_hash, list_photos, load_chips, save_chips, seeded_subset
-    from ..training.robust import RECIPES, export, train
+    from ..training.recipe import RECIPES
+    from ..training.robust import export, train
 
     if args.recipe not in RECIPES:
         raise SystemExit(f"--recipe must be one of {', '.join(RECIPES)}")

@@ -48,6 +48,7 @@ def scenarios() -> dict[str, Scenario]:
     # the paper's Figure 4 budgets, plus 0.005 where protection turned out to switch on
     s += [Scenario(f"rho_{r}", {**MID, "rho": r}) for r in (0.002, 0.004, 0.005, 0.007, 0.012, 0.017)]
     s += [Scenario(f"mode_{m}", {**MID, "mode": m}) for m in ("low", "high")]  # the presets as shipped
+    s.append(Scenario("mid_colour_off", {**MID, "colour_penalty": 0.0}))  # what the colour limit costs
     for p in (0, 0.1, 0.2, 0.3, 0.5):
         s.append(Scenario(f"leak_{p}", MID, ("dlib",), leak=p))
         if p:  # Sybil images are made per leaked clean photo (§7.3): none to make without a leak

@@ -39,9 +39,3 @@ def build_builtin(name: str, force: bool = False) -> Path:
     """Convert a built-in model to TorchScript in the cache; returns the cached file."""
     return cached_builtin(name, force=force)
 
-
-def __getattr__(name):
-    # BUILTIN: the registered names, for callers not yet moved to builtin_names()
-    if name == "BUILTIN":
-        return builtin_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

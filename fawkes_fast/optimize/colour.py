@@ -10,6 +10,8 @@ import functools
 
 import torch
 
+from ..faces.budget import box_means
+
 _DELTA = 6.0 / 29.0
 
 
@@ -35,6 +37,10 @@ def delta_e76(lab_a: torch.Tensor, lab_b: torch.Tensor) -> torch.Tensor:
     return ((lab_a - lab_b).pow(2).sum(1) + 1e-4).sqrt()
 
 
-def colour_excess(de: torch.Tensor, mean_cap: float, peak_cap: float) -> torch.Tensor:
-    """How far one face's ΔE map (H, W) exceeds its caps: on the mean, and pixel by pixel on the tail."""
-    return torch.relu(de.mean() - mean_cap) + torch.relu(de - peak_cap).mean()
+def colour_excess(de: torch.Tensor, boxes: torch.Tensor, mean_cap: float, peak_cap: float) -> torch.Tensor:
+    """(B,) how far each face's ΔE map (B, H, W) exceeds its caps: the mean over each of its (B, K, 4)
+    boxes, and pixel by pixel anywhere (summed, in units of its first box's area)."""
+    means = box_means(de, boxes).amax(1)
+    first = boxes[:, 0]
+    area = ((first[:, 2] - first[:, 0]) * (first[:, 3] - first[:, 1])).clamp_min(1)
+    return torch.relu(means - mean_cap) + torch.relu(de - peak_cap).sum((1, 2)) / area

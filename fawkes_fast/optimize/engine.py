@@ -17,10 +17,12 @@ import os
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .. import ops
-from ..faces.align import warp_batch
+from ..faces.warp import warp_batch
+from ..faces.budget import boxes_dssim
 from .colour import colour_excess, delta_e76, rgb_to_lab
 from .modes import Settings
 from .transforms import diversify, jitter_mats
@@ -28,7 +30,7 @@ from .transforms import diversify, jitter_mats
 
 @dataclass
 class BatchResult:
-    best: torch.Tensor  # (B, 3, S, S) best feasible crop (x0 where nothing feasible improved)
+    best: torch.Tensor  # (B, 3, S, S) best feasible crop (the last iterate where none was feasible)
     dssim: torch.Tensor  # (B,) DSSIM of `best` at working resolution
     steps: torch.Tensor  # (B,) Adam steps each face took
 
@@ -114,7 +116,8 @@ class _Problem:
         self.untargeted = untargeted
         self.rho = settings.rho * settings.safety
         self.gens = [torch.Generator().manual_seed(int(s)) for s in (seeds if seeds is not None else range(B))]
-        self.boxes = boxes if boxes is not None else [(0, 0, side, side)] * B
+        whole = np.array([[0, 0, side, side]])
+        self.boxes = torch.as_tensor(np.stack(boxes if boxes is not None else [whole] * B), dtype=torch.long, device=dev)
         self.grey = torch.tensor(gray if gray is not None else [False] * B, device=dev)
         with torch.no_grad():
             self.lab0 = rgb_to_lab(x0) if settings.colour_penalty > 0 else None
@@ -138,19 +141,15 @@ class _Problem:
         return (self.x0 + (noise * 2 - 1).to(self.x0.device)).clamp(0, 255)
 
     def budget_terms(self, xa, idx, rows):
-        """Per face: DSSIM (the larger of its box's and its whole crop's: the box is the promised
-        budget, the crop keeps the rest of the region from taking what the box may not), and how
-        far its colour change exceeds the limits."""
-        colour = self.s.colour_penalty > 0
-        de = delta_e76(rgb_to_lab(xa), self.lab0.index_select(0, idx)) if colour else None
-        dss, col = [], []
-        for j, i in enumerate(rows):
-            l, t, r, b = self.boxes[i]
-            dss.append(ops.dssim(xa[j:j + 1, :, t:b, l:r], self.x0[i:i + 1, :, t:b, l:r])[0])
-            if colour:
-                col.append(colour_excess(de[j, t:b, l:r], self.s.colour_mean, self.s.colour_peak))
-        dss = torch.maximum(torch.stack(dss), ops.dssim(xa, self.x0.index_select(0, idx)))
-        return dss, (torch.stack(col) if colour else torch.zeros_like(dss))
+        """Per face: DSSIM (the largest over its budget boxes and its whole crop: the boxes are the
+        promised budget, the crop keeps the rest of the region from taking what they may not), and
+        how far its colour change exceeds the limits (the mean over each box, the peak anywhere)."""
+        x0, boxes = self.x0.index_select(0, idx), self.boxes.index_select(0, idx)
+        dss = torch.maximum(boxes_dssim(xa, x0, boxes).amax(1), ops.dssim(xa, x0))
+        if self.s.colour_penalty <= 0:
+            return dss, torch.zeros_like(dss)
+        de = delta_e76(rgb_to_lab(xa), self.lab0.index_select(0, idx))
+        return dss, colour_excess(de, boxes, self.s.colour_mean, self.s.colour_peak)
 
     def forward(self, xs, idx, rows):
         """(feature loss, DSSIM, distances, gradient) of the faces `idx` (also as a list, `rows`),
@@ -172,7 +171,7 @@ class _Problem:
 def optimise(exts, x0: torch.Tensor, mats: list[torch.Tensor], targets: list[torch.Tensor],
              settings: Settings, untargeted: bool = False, on_step=None, seeds: list[int] | None = None,
              clean: list[torch.Tensor] | None = None, graph: bool | None = None,
-             boxes: list[tuple[int, int, int, int]] | None = None, gray: list[bool] | None = None) -> BatchResult:
+             boxes: list[np.ndarray] | None = None, gray: list[bool] | None = None) -> BatchResult:
     """Cloak a batch of same-sized face crops; `mats[k]` cut extractor k's chips from them.
 
     `targets[k]` are L2-normalised (B, D) features for extractor k; when `untargeted`, they are
@@ -180,7 +179,7 @@ def optimise(exts, x0: torch.Tensor, mats: list[torch.Tensor], targets: list[tor
     face; each face draws its randomness from its own generator, so its cloak does not depend on
     its batch-mates' randomness. `clean[k]`, the faces' features at x0 when the caller already has
     them, saves one extractor pass. `graph`: replay the step as a CUDA graph (default:
-    `use_cuda_graph`). `boxes`: each face's detection box in crop pixels, where its DSSIM budget
+    `use_cuda_graph`). `boxes`: per face, (K, 4) boxes in crop pixels (the same K for all) where its DSSIM budget
     and colour limit are measured (default: the whole crop). `gray`: faces of grayscale photos,
     whose cloak is kept grey (the same change in R, G and B).
     """
@@ -214,8 +213,9 @@ def _descend(problem: _Problem, compute, w, x, on_step) -> BatchResult:
             break
         feat, dss, dist, g = compute(x, running)
         with torch.no_grad():
-            # keep the best iterate that meets the budget; this x is the one the loss was taken at
-            ok = running & (dss <= problem.rho)
+            # keep the best iterate that meets the budget (the start is no cloak, so not a candidate);
+            # this x is the one the loss was taken at
+            ok = running & (dss <= problem.rho) & (it > 0)
             improved = ok & (feat < best_loss)
             significant = improved & (torch.isinf(best_loss) | (feat < best_loss - s.min_improvement * best_loss.abs()))
             torch.where(improved[:, None, None, None], x, best, out=best)  # in place: no new image per step
@@ -236,4 +236,10 @@ def _descend(problem: _Problem, compute, w, x, on_step) -> BatchResult:
             ops.tanh_adam_step(w, m, v, x, g, step, lr, 0.0, 255.0)
             if on_step is not None:
                 on_step(int((lr > 0).sum()))
+        # a face that never got inside the budget (too few steps) keeps its last iterate: the
+        # finaliser scales it down until the saved file meets the budget, rather than drop it
+        lost = torch.isinf(best_loss)
+        if bool(lost.any()):
+            best = torch.where(lost[:, None, None, None], x, best)
+            best_dssim = torch.where(lost, dss, best_dssim)
     return BatchResult(best=best, dssim=best_dssim, steps=step)

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..faces.align import warp_chips
+from ..faces.warp import warp_chips
 from ..faces.detect import FaceDetector
 from ..io.images import ImageError, load_image
+from ..io.images import IMAGE_SUFFIXES
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def list_photos(folders, holdout_min: int | None = None) -> list[Path]:
@@ -29,7 +29,7 @@ def list_photos(folders, holdout_min: int | None = None) -> list[Path]:
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"no such photo folder: {folder}")
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in PHOTO_SUFFIXES)
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if holdout_min:
             per_dir: dict[Path, int] = {}
             for p in files:
