@@ -166,13 +166,15 @@ class FacePipeline:
         return warp_batch(crops, mats, ext.chip_size)
 
     def batch_features(self, crops: list[torch.Tensor], mats: list[torch.Tensor], regions, max_faces: int,
-                       flip: bool = False) -> list[torch.Tensor]:
-        """Per extractor, (n, D) features of working crops, computed in same-sized groups."""
+                       flip: bool = False, owners: list[int] | None = None) -> list[torch.Tensor]:
+        """Per extractor, (n, D) features of working crops, computed in same-sized groups; with
+        `owners`, never mixing photos (CPU kernels are not batch-invariant, and a photo's clean
+        features must not depend on the other photos of its call)."""
         exts = self.extractors
         out = [torch.empty(len(crops), e.dim, device=self.device) for e in exts]
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(regions):
-            groups.setdefault(r.work, []).append(i)
+            groups.setdefault((owners[i] if owners is not None else 0, r.work), []).append(i)
         with torch.no_grad():
             for idx in groups.values():
                 for s in range(0, len(idx), max_faces):
@@ -197,7 +199,7 @@ class FacePipeline:
                     mats[k].append(m[k])
         crops = [crop_region(photos[o].rgb, r, self.device) for o, r in zip(owner, regions)]
         mats_t = [torch.as_tensor(np.stack(m), dtype=torch.float32, device=self.device) for m in mats]
-        clean = self.batch_features(crops, mats_t, regions, max_faces)
+        clean = self.batch_features(crops, mats_t, regions, max_faces, owners=owner)
         return FaceBatch(photos=photos, regions=regions, boxes=boxes, crops=crops, mats=mats_t, clean=clean,
                          owner=owner)
 

@@ -82,3 +82,11 @@ def test_a_neighbours_cloak_reaching_into_a_face_is_shrunk_not_a_crash():
     done = finalize_photo(photo, [still, spill], rho=0.007)
     assert all(m["dssim"] <= 0.007 for m in done.measures), done.measures
     assert done.uncloaked[0]  # the first face never had a cloak: it is not reported as cloaked
+
+
+def test_photo_dssim_in_strips_equals_one_map():
+    a, b = _pair(seed=5, h=140, w=120)
+    fam = whole_boxes(budget_boxes((30.0, 35.0, 90.0, 105.0)), 140, 120)
+    whole = photo_dssim(a, b, fam)
+    assert np.allclose(photo_dssim(a, b, fam, strip_pixels=200), whole, atol=1e-12)
+    assert whole.max() > 0.001

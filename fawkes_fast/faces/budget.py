@@ -70,14 +70,27 @@ def boxes_dssim(x: torch.Tensor, x0: torch.Tensor, boxes: torch.Tensor) -> torch
     return (1.0 - box_means(ssim, boxes, inset=WIN - 1)) / 2.0
 
 
-def photo_dssim(original: np.ndarray, output: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """(K,) DSSIM of uint8 RGB photos over whole-pixel boxes, from one map over the area they span,
-    channel by channel (a big face's map stays a few hundred MB)."""
+def photo_dssim(original: np.ndarray, output: np.ndarray, boxes: np.ndarray, strip_pixels: int = 2_000_000) -> np.ndarray:
+    """(K,) DSSIM of uint8 RGB photos over whole-pixel boxes, from the SSIM map of the area they span.
+    The map is made in strips of rows (about `strip_pixels` each), so a 50 MP face costs a few
+    strips' memory, never the whole map's."""
     L, T, R, B = boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()
-    local = torch.from_numpy(boxes - (L, T, L, T))[None]
-    total = 0.0
+    l, t = boxes[:, 0] - L, boxes[:, 1] - T
+    r, b = np.maximum(boxes[:, 2] - L - (WIN - 1), l + 1), np.maximum(boxes[:, 3] - T - (WIN - 1), t + 1)
+    rows, cols = B - T - (WIN - 1), R - L - (WIN - 1)
+    step = max(16, strip_pixels // max(cols, 1))
+    sums = np.zeros(len(boxes))
     with torch.no_grad():
-        for c in range(3):
-            a, o = (torch.from_numpy(np.ascontiguousarray(v[T:B, L:R, c])).float()[None, None] for v in (original, output))
-            total = total + box_means(ssim_map_full(o, a)[:, 0], local, inset=WIN - 1).double()
-    return ((1.0 - total / 3) / 2.0)[0].numpy()
+        for r0 in range(0, max(rows, 0), step):
+            r1 = min(rows, r0 + step)
+            m = 0.0
+            for c in range(3):  # one channel at a time: a map is 5 blurred planes
+                a, o = (torch.from_numpy(np.ascontiguousarray(v[T + r0:T + r1 + WIN - 1, L:R, c])).float()[None, None]
+                        for v in (original, output))
+                m = m + ssim_map_full(o, a)[0, 0].double()
+            s = torch.zeros(r1 - r0 + 1, cols + 1, dtype=torch.float64)
+            s[1:, 1:] = (m / 3).cumsum(0).cumsum(1)
+            s = s.numpy()
+            top, bot = np.clip(t, r0, r1) - r0, np.clip(b, r0, r1) - r0
+            sums += s[bot, r] - s[top, r] - s[bot, l] + s[top, l]
+    return (1.0 - sums / ((r - l) * (b - t))) / 2.0
