@@ -13,9 +13,8 @@ from onnx import TensorProto as TP
 from onnx import helper as h
 from onnx import numpy_helper as nh
 
-from fawkes_fast.extractors.onnx_import import (
-    SUPPORTED_OPS, OnnxFaceSpec, onnx_to_torch, wrap_onnx_face_model,
-)
+from fawkes_fast.extractors.onnx_face import OnnxFaceSpec, wrap_onnx_face_model
+from fawkes_fast.extractors.onnx_import import SUPPORTED_OPS, onnx_to_torch
 
 RNG = np.random.default_rng(1234)
 

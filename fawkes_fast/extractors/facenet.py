@@ -20,7 +20,7 @@ import torch
 
 from ..model_files import facenet_model
 from .graphdef_import import graphdef_to_torch
-from .onnx_import import OnnxFaceSpec, wrap_onnx_face_model
+from .onnx_face import OnnxFaceSpec, wrap_onnx_face_model
 
 MODEL_FILE = "graph_final.pb"
 CHIP_SIZE = 160

