@@ -50,18 +50,24 @@ def whole_boxes(boxes: np.ndarray, height: int, width: int, offset=(0.0, 0.0), s
     return b
 
 
-def box_means(values: torch.Tensor, boxes: torch.Tensor, inset: int = 0) -> torch.Tensor:
-    """Means of (B, H, W) `values` over (B, K, 4) int boxes, each shrunk by `inset` on its right
-    and bottom (an SSIM map has a value per window: a box of side n holds n - 10 of them)."""
+def box_sums(values: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """(B, K) float64 sums of (B, H, W) `values` over (B, K, 4) int boxes (left, top, right, bottom,
+    exclusive), from one integral image; an empty box sums to 0."""
     B, H, W = values.shape
     s = torch.zeros(B, H + 1, W + 1, dtype=torch.float64, device=values.device)
     s[:, 1:, 1:] = values.double().cumsum(1).cumsum(2)
-    l, t = boxes[..., 0], boxes[..., 1]
-    r, b = (boxes[..., 2] - inset).clamp_min(l + 1), (boxes[..., 3] - inset).clamp_min(t + 1)
+    l, t, r, b = boxes.unbind(-1)
     flat = s.flatten(1)
     at = lambda y, x: flat.gather(1, y * (W + 1) + x)  # noqa: E731
-    total = at(b, r) - at(t, r) - at(b, l) + at(t, l)
-    return (total / ((r - l) * (b - t))).to(values.dtype)
+    return at(b, r) - at(t, r) - at(b, l) + at(t, l)
+
+
+def box_means(values: torch.Tensor, boxes: torch.Tensor, inset: int = 0) -> torch.Tensor:
+    """Means of (B, H, W) `values` over (B, K, 4) int boxes, each shrunk by `inset` on its right
+    and bottom (an SSIM map has a value per window: a box of side n holds n - 10 of them)."""
+    l, t = boxes[..., 0], boxes[..., 1]
+    r, b = (boxes[..., 2] - inset).clamp_min(l + 1), (boxes[..., 3] - inset).clamp_min(t + 1)
+    return (box_sums(values, torch.stack([l, t, r, b], -1)) / ((r - l) * (b - t))).to(values.dtype)
 
 
 def boxes_dssim(x: torch.Tensor, x0: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -88,9 +94,6 @@ def photo_dssim(original: np.ndarray, output: np.ndarray, boxes: np.ndarray, str
                 a, o = (torch.from_numpy(np.ascontiguousarray(v[T + r0:T + r1 + WIN - 1, L:R, c])).float()[None, None]
                         for v in (original, output))
                 m = m + ssim_map_full(o, a)[0, 0].double()
-            s = torch.zeros(r1 - r0 + 1, cols + 1, dtype=torch.float64)
-            s[1:, 1:] = (m / 3).cumsum(0).cumsum(1)
-            s = s.numpy()
-            top, bot = np.clip(t, r0, r1) - r0, np.clip(b, r0, r1) - r0
-            sums += s[bot, r] - s[top, r] - s[bot, l] + s[top, l]
+            strip = np.stack([l, np.clip(t, r0, r1) - r0, r, np.clip(b, r0, r1) - r0], -1)
+            sums += box_sums((m / 3)[None], torch.from_numpy(strip)[None])[0].numpy()
     return (1.0 - sums / ((r - l) * (b - t))) / 2.0
