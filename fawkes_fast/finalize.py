@@ -10,14 +10,12 @@ touched.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import ops
 from .faces.budget import budget_boxes, photo_dssim, scaled_boxes, whole_boxes
 from .io.images import decode_image, encode_image
 from .optimize.modes import Settings
@@ -41,24 +39,6 @@ class Finished:
     encoded: bytes | None  # the exact bytes checked, when a format was given
     measures: list[dict]  # per face: dssim (max over its budget boxes), region_dssim, delta_e, delta_e_p99
     uncloaked: list[bool]  # per face: no cloak fitted the budget (it was scaled to nothing)
-
-
-def pixel_box(box, height: int, width: int) -> tuple[int, int, int, int]:
-    """A float box as whole pixels inside the photo: (left, top, right, bottom), exclusive."""
-    l, t, r, b = box
-    return (max(int(math.floor(l)), 0), max(int(math.floor(t)), 0),
-            min(int(math.ceil(r)), width), min(int(math.ceil(b)), height))
-
-
-def box_dssim(original: np.ndarray, output: np.ndarray, box) -> float:
-    """DSSIM (our op's convention: tf.image.ssim, 11x11 Gaussian, VALID) over one box."""
-    l, t, r, b = box
-    if r - l < 11 or b - t < 11:
-        return 0.0 if np.array_equal(original[t:b, l:r], output[t:b, l:r]) else float("inf")
-    a, o = (torch.from_numpy(np.ascontiguousarray(v[t:b, l:r])).permute(2, 0, 1)[None].float()
-            for v in (original, output))
-    with torch.no_grad():
-        return float(ops.dssim(o, a)[0])
 
 
 def _full_res(c: FaceCloak, h: int, w: int):
@@ -140,5 +120,5 @@ def _reach(boxes, parts) -> np.ndarray:
 def _measures(reference, seen, cloak, boxes, region_box, dssim) -> dict:
     h, w = seen.shape[:2]
     mean, p99 = colour_difference(reference, seen, boxes, whole_boxes(scaled_boxes(cloak.box), h, w))
-    return {"dssim": float(dssim), "region_dssim": box_dssim(reference, seen, region_box),
+    return {"dssim": float(dssim), "region_dssim": float(photo_dssim(reference, seen, np.array([region_box]))[0]),
             "delta_e": float(mean), "delta_e_p99": float(p99)}
