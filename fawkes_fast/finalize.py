@@ -24,6 +24,7 @@ from .pipeline import Region
 
 LOSSY = ("jpeg", "jpg", "webp")
 MAX_TRIES = 8
+BISECT_STEPS = 7
 
 
 @dataclass
@@ -79,31 +80,58 @@ def finalize_photo(rgb: np.ndarray, cloaks: list[FaceCloak], rho: float, fmt: st
     reference = decode_image(encode_image(rgb, fmt, quality)) if lossy else rgb
     parts = [_full_res(c, h, w) for c in cloaks]
     boxes = [whole_boxes(budget_boxes(c.box), h, w) for c in cloaks]
-    alpha = np.ones(len(parts))
     reach = _reach(boxes, parts)
-    for attempt in range(MAX_TRIES + 2):
+
+    def attempt(alpha):
         out = _compose(rgb, parts, alpha)
         encoded = encode_image(out, fmt, quality) if fmt else None
         seen = decode_image(encoded) if lossy else out
         dss = np.array([photo_dssim(reference, seen, face).max() for face in boxes])
-        over = dss > rho
-        if not over.any():
-            measures = [_measures(reference, seen, c, face, part[0], d) for c, face, part, d in zip(cloaks, boxes, parts, dss)]
-            # a cloak scaled below half an 8-bit step leaves its face as it was: that is no cloak either
-            untouched = [a == 0 or float(np.abs(d).max(initial=0.0)) * a < 0.5 for (_, d), a in zip(parts, alpha)]
-            return Finished(out, encoded, measures, [bool(u) for u in untouched])
-        factor = np.clip(np.sqrt(rho * safety / np.maximum(dss, 1e-12)), 0.0, 0.95)
-        shrink = over.copy()
-        for i in np.flatnonzero(over):  # a neighbour whose region reaches this face's boxes shrinks too
-            near = reach[i] & (alpha > 0)
-            shrink |= near
-            factor[near] = np.minimum(factor[near], factor[i])
-        if attempt >= MAX_TRIES - 1:
-            alpha[shrink] = 0.0  # last resort: remove those cloaks; the caller reports them
-        else:  # DSSIM grows about quadratically with the cloak's amplitude
-            alpha[shrink] *= factor[shrink]
-    raise ValueError(f"the saved file breaks the DSSIM budget {rho} even without a cloak "
-                     f"(face DSSIM {dss.max():.4f})")
+        return out, encoded, seen, dss
+
+    alpha = np.ones(len(parts))
+    for _ in range(MAX_TRIES):  # DSSIM grows about quadratically with the cloak's amplitude
+        out, encoded, seen, dss = attempt(alpha)
+        if not (dss > rho).any():
+            break
+        shrink, factor = _shrink_plan(dss, rho, safety, reach, alpha)
+        alpha[shrink] *= factor[shrink]
+    else:  # 8-bit and JPEG rounding can make DSSIM flat in the amplitude: bisect a common scale
+        shrink, _ = _shrink_plan(dss, rho, safety, reach, alpha)
+        base, lo, hi, found = alpha.copy(), 0.0, 1.0, None
+        for _ in range(BISECT_STEPS):
+            alpha = base.copy()
+            alpha[shrink] *= (lo + hi) / 2
+            trial = attempt(alpha)
+            if (trial[3] > rho).any():
+                hi = (lo + hi) / 2
+            else:
+                lo, found = (lo + hi) / 2, (alpha, trial)
+        if found is None:  # last resort: remove those cloaks; the caller reports them
+            alpha = base.copy()
+            alpha[shrink] = 0.0
+            found = (alpha, attempt(alpha))
+        alpha, (out, encoded, seen, dss) = found
+        if (dss > rho).any():
+            raise ValueError(f"the saved file breaks the DSSIM budget {rho} even without a cloak "
+                             f"(face DSSIM {dss.max():.4f})")
+    measures = [_measures(reference, seen, c, face, part[0], d) for c, face, part, d in zip(cloaks, boxes, parts, dss)]
+    # a cloak scaled below half an 8-bit step leaves its face as it was: that is no cloak either
+    untouched = [a == 0 or float(np.abs(d).max(initial=0.0)) * a < 0.5 for (_, d), a in zip(parts, alpha)]
+    return Finished(out, encoded, measures, [bool(u) for u in untouched])
+
+
+def _shrink_plan(dss, rho, safety, reach, alpha):
+    """Which cloaks to shrink (the faces over budget and any live neighbour reaching them) and by
+    what factor each."""
+    over = dss > rho
+    factor = np.clip(np.sqrt(rho * safety / np.maximum(dss, 1e-12)), 0.0, 0.95)
+    shrink = over.copy()
+    for i in np.flatnonzero(over):
+        near = reach[i] & (alpha > 0)
+        shrink |= near
+        factor[near] = np.minimum(factor[near], factor[i])
+    return shrink, factor
 
 
 def _reach(boxes, parts) -> np.ndarray:
