@@ -12,7 +12,6 @@ a Cloaker is safe to use from several threads.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,7 +22,7 @@ from .io.images import load_image_with_meta
 from .optimize.engine import optimise
 from .optimize.modes import settings_for
 from .pipeline import FacePipeline, as_list
-from .reports import CloakResult, FaceReport, face_reports
+from .reports import CloakResult, face_reports
 from .targets.assign import assign_targets
 
 

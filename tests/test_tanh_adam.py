@@ -1,7 +1,6 @@
 """Fused tanh-space Adam step vs torch.optim.Adam + autograd through the tanh map."""
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch

