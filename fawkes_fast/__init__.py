@@ -19,8 +19,8 @@ _LAZY = {
     "embed": "fawkes_fast.api",
     "evaluate": "fawkes_fast.api",
     "Cloaker": "fawkes_fast.cloaker",
-    "CloakResult": "fawkes_fast.cloaker",
-    "FaceReport": "fawkes_fast.cloaker",
+    "CloakResult": "fawkes_fast.reports",
+    "FaceReport": "fawkes_fast.reports",
     "FaceSet": "fawkes_fast.pipeline",
     "MODES": "fawkes_fast.optimize.modes",
 }
