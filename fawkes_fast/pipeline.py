@@ -20,6 +20,7 @@ from .device import resolve_device
 from .faces.warp import warp_batch
 from .faces.budget import budget_boxes, whole_boxes
 from .faces.detect import FaceDetector
+from .faces.yunet import add_yunet_points
 
 REGION_MULTIPLE = 16
 REGION_MARGIN = 6  # px beyond the chips' footprint: SSIM window half-width plus bilinear support
@@ -147,14 +148,19 @@ class FacePipeline:
             return self._extractors
 
     def detect(self, image: np.ndarray):
-        return self.detector.detect(image)
+        """Faces largest first, with the extra landmarks any extractor aligns on (YuNet's five
+        points for SFace, as OpenCV's own pipeline; a face YuNet misses keeps dlib's)."""
+        faces = self.detector.detect(image)
+        if faces and any(e.points == "yunet5" for e in self.extractors):
+            add_yunet_points(image, faces)
+        return faces
 
     def regions(self, faces) -> tuple[list[Region], list[list[np.ndarray]]]:
         """Per face: its region, and per extractor the chip->working-crop affine."""
         regions, mats = [], []
         exts = self.extractors
         for face in faces:
-            chip = [e.chip_matrices(face.landmarks[None])[0] for e in exts]
+            chip = [e.chip_matrix(face) for e in exts]
             region = face_region(chip, [e.chip_size for e in exts], self.max_work)
             regions.append(region)
             mats.append([work_matrices(c, region) for c in chip])

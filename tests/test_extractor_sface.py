@@ -53,7 +53,7 @@ def _to_rgb_tensor(chips_bgr) -> torch.Tensor:
 
 def test_constants():
     assert CHIP_SIZE == 112 and EMBEDDING_DIM == 128
-    assert SFACE_SPEC.input_size == 112 and SFACE_SPEC.embedding_dim == 128 and SFACE_SPEC.template == "arcface"
+    assert SFACE_SPEC.input_size == 112 and SFACE_SPEC.embedding_dim == 128 and SFACE_SPEC.template == "sface_yunet"
     assert ARCFACE_TEMPLATE_112.shape == (5, 2)
     assert ARCFACE_TEMPLATE_112[0, 0] < ARCFACE_TEMPLATE_112[1, 0]  # row 0 is the image-left eye
     assert ARCFACE_TEMPLATE_112[3, 0] < ARCFACE_TEMPLATE_112[4, 0]  # row 3 is the image-left mouth corner

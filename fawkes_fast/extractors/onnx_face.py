@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-_TEMPLATES = ("arcface", "dlib", "facenet")
+_TEMPLATES = ("arcface", "dlib", "facenet", "sface_yunet")
 
 
 @dataclass
@@ -18,7 +18,7 @@ class OnnxFaceSpec:
     """How to feed an ONNX face recognizer; see the module docstring for the JSON format."""
 
     input_size: int
-    template: str  # "arcface" | "dlib" | "facenet"
+    template: str  # "arcface" | "dlib" | "facenet" | "sface_yunet"
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     channel_order: str  # "RGB" | "BGR"

@@ -39,7 +39,7 @@ MODEL_FILE = "face_recognition_sface_2021dec_int8bq.onnx"
 CHIP_SIZE = 112
 EMBEDDING_DIM = 128
 
-SFACE_SPEC = OnnxFaceSpec(input_size=CHIP_SIZE, template="arcface", mean=(0.0, 0.0, 0.0),
+SFACE_SPEC = OnnxFaceSpec(input_size=CHIP_SIZE, template="sface_yunet", mean=(0.0, 0.0, 0.0),
                           std=(1.0, 1.0, 1.0), channel_order="RGB", embedding_dim=EMBEDDING_DIM)
 
 ARCFACE_TEMPLATE_112 = np.array([
