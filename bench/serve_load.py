@@ -1,7 +1,8 @@
 """Load test of `fawkes-fast serve` on loopback, against sequential `Cloaker.cloak` in the same run.
 
     python bench/serve_load.py [--photos 8] [--requests 32] [--concurrency 1 4 16] [--mode mid]
-                               [--max-batch 8] [--max-wait-ms 25] [--device cpu] [--json OUT.json]
+                               [--max-batch 8] [--max-wait-ms 25] [--device cpu] [--batch-across-photos]
+                               [--json OUT.json]
 
 1. Direct: one warm Cloaker in this process cloaks the requests one by one (PNG, seed per request).
 2. Served: a real server (subprocess, free loopback port, same mode) answers the same requests at
@@ -66,12 +67,14 @@ def run(args) -> dict:
     photos = lfw_photos(args.photos, Path(args.shared))
     record = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
               "mode": args.mode, "photos": len(photos), "requests": args.requests,
-              "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
+              "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+              "batch_across_photos": args.batch_across_photos}
     print(f"direct: {args.requests} sequential Cloaker.cloak calls ({args.mode})", flush=True)
     record["direct"] = direct(photos, args.requests, args.mode, args.device)
     flags = ["--mode", args.mode, "--timeout-s", str(args.timeout_s), "--max-batch", str(args.max_batch),
              "--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(max(64, 2 * max(args.concurrency)))]
     flags += ["--device", args.device] if args.device else []
+    flags += ["--batch-across-photos"] if args.batch_across_photos else []
     with spawn(flags) as server:
         served(server.url, photos, min(2, args.requests), 1)  # warm the connection path
         record["served"] = []
@@ -106,6 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-wait-ms", type=float, default=25)
     ap.add_argument("--device", default=None)
     ap.add_argument("--timeout-s", type=float, default=600, help="the server's per-request deadline")
+    ap.add_argument("--batch-across-photos", action="store_true",
+                    help="serve with --batch-across-photos (faster; pixels then depend on batch-mates)")
     ap.add_argument("--shared", default=str(SHARED))
     ap.add_argument("--json", dest="json_out", default=None, help="write the record here")
     args = ap.parse_args(argv)

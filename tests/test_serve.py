@@ -306,3 +306,19 @@ def test_batcher_groups_compatible_requests_and_isolates_failures():
     assert calls == [(("a",), [0, 1, 3]), (("b",), [2]), (("boom",), [9])]
     assert done[:4] == [("a:0", 3), ("a:1", 3), ("b:2", 1), ("a:3", 3)]
     assert isinstance(done[4], RuntimeError)
+
+
+def test_batching_across_photos_is_off_unless_asked_for():
+    """Batch-mates must not change a photo's pixels by default; --batch-across-photos trades that for speed."""
+    import argparse
+
+    from fawkes_fast.serve.app import Service
+    from fawkes_fast.serve.config import add_arguments, from_args
+
+    def cloaker_for(argv):
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        return Service(from_args(p.parse_args(argv)))._default_cloaker()
+
+    assert cloaker_for([]).batch_across_photos is False
+    assert cloaker_for(["--batch-across-photos"]).batch_across_photos is True

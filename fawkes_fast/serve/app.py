@@ -44,7 +44,8 @@ class Service:
     def _default_cloaker(self):
         from ..cloaker import Cloaker
 
-        return Cloaker(mode=self.config.mode, extractors=self.config.extractors, device=self.config.device)
+        return Cloaker(mode=self.config.mode, extractors=self.config.extractors, device=self.config.device,
+                       batch_across_photos=self.config.batch_across_photos)
 
     def load(self) -> None:
         """Build and warm the Cloaker (runs in a thread: the server answers /healthz meanwhile)."""
