@@ -37,6 +37,8 @@ CASES = {  # name -> cloak spec (as in fawkes_fast.evaluate.protocol); rows in t
     "dlib_flip": {**MID, "flip": True},
     "dlib_eot": {**MID, "diversity": 1.0},
     "dlib_untargeted": {**MID, "target": "none"},
+    "dlib_blur": {**MID, "blur_copy": 1.5},  # LowKey's blurred copy
+    "dlib_untargeted_blur": {**MID, "target": "none", "blur_copy": 1.5},
     "dlib_robust": ROBUST,
     "dlib_robust_eot": {**ROBUST, "diversity": 1.0},
     "dlib_ensemble": {**MID, "extractors": ["dlib", "dlib-robust"]},

@@ -64,8 +64,8 @@ def test_diversify_keeps_shape_range_and_is_seeded():
 def test_settings_accept_transfer_options():
     from fawkes_fast.optimize.modes import settings_for
 
-    s = settings_for("mid", diversity=1.0, flip=True)
-    assert s.diversity == 1.0 and s.flip and s.rho == 0.007
+    s = settings_for("mid", diversity=1.0, flip=True, blur_copy=1.5)
+    assert s.diversity == 1.0 and s.flip and s.blur_copy == 1.5 and s.rho == 0.007
     with pytest.raises(TypeError):
         settings_for("mid", divesity=1.0)
 
@@ -78,3 +78,25 @@ def test_per_face_generators_make_a_face_independent_of_its_batch_mates():
     batched = diversify(x, 1.0, gens([7, 8, 9]))
     assert torch.equal(alone[0], batched[0])
     assert torch.equal(jitter_mats(m[:1], 64, 1.0, gens([7]))[0], jitter_mats(m, 64, 1.0, gens([7, 1, 2]))[0])
+
+
+def test_blur_copy_averages_the_plain_and_the_blurred_chips_distances():
+    """LowKey's blurred copy: each extractor's distance is the mean of the chip's and its blurred copy's."""
+    from fawkes_fast.optimize.engine import _distances
+    from fawkes_fast.optimize.transforms import gaussian_blur
+
+    class Ext:  # a linear "recognizer" that sees the blur (sums of a fixed pixel pattern)
+        chip_size = 32
+        pattern = torch.randn(3 * 32 * 32, 8, generator=torch.Generator().manual_seed(0))
+
+        def features(self, chips, flip=False):
+            return torch.nn.functional.normalize(chips.reshape(len(chips), -1) @ self.pattern, dim=1)
+
+    ext, x = Ext(), _photo_patch(2, 32)
+    m = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    target = torch.nn.functional.normalize(torch.ones(1, 8), dim=1)
+    plain = _distances([ext], x, [m], [target], False)[0]
+    blurred = (ext.features(gaussian_blur(x, torch.tensor([1.5]))) - target).pow(2).sum(1)
+    both = _distances([ext], x, [m], [target], False, blur_copy=1.5)[0]
+    assert not torch.allclose(plain, blurred)
+    assert torch.allclose(both, (plain + blurred) / 2, atol=1e-6)

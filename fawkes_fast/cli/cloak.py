@@ -33,6 +33,8 @@ def add_cloak_options(p) -> None:
     p.add_argument("--diversity", type=float_between(0.0, 1.0), default=None, metavar="S",
                    help="random resize/shift/blur/JPEG each step (0-1; helps transfer to unseen trackers)")
     p.add_argument("--flip", action="store_true", default=None, help="flip-averaged features while optimising")
+    p.add_argument("--blur-copy", type=float_between(0.0, 3.0), default=None, metavar="SIGMA",
+                   help="also push a Gaussian-blurred copy of each face (LowKey; sigma in chip pixels, 0 off)")
     p.add_argument("--keep-metadata", action="store_true",
                    help="keep EXIF (incl. GPS; never the thumbnail or previews) and the ICC profile")
     p.add_argument("--overwrite", action="store_true", help="replace existing *_cloaked outputs (never an input)")
@@ -63,7 +65,8 @@ def check_device(args):
 
 
 def cloaker_kwargs(args, device) -> dict:
-    transfer = {k: v for k, v in (("diversity", args.diversity), ("flip", args.flip)) if v is not None}
+    transfer = {k: v for k, v in (("diversity", args.diversity), ("flip", args.flip), ("blur_copy", args.blur_copy))
+                if v is not None}
     return dict(mode=args.mode, extractors=tuple(args.extractors or ("dlib",)), device=device,
                 batch_size=args.batch_size, **transfer)
 

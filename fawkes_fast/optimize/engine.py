@@ -9,7 +9,7 @@ starting distance, normalises extractors so no model dominates. Each face keeps 
 iterate within the budget and freezes (learning rate 0) once its loss stalls. On a CPU frozen
 faces are skipped, so a batch costs what its slowest face needs; on CUDA the whole batch's step is
 replayed from a CUDA graph, since there launches, not arithmetic, are the cost. The transfer options
-(`diversity`, `flip`; see transforms.py) change only what the extractors see each step.
+(`diversity`, `flip`, `blur_copy`; see transforms.py) change only what the extractors see each step.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from ..faces.warp import warp_batch
 from ..faces.budget import boxes_dssim
 from .colour import colour_excess, delta_e76, rgb_to_lab
 from .modes import Settings
-from .transforms import diversify, jitter_mats
+from .transforms import diversify, gaussian_blur, jitter_mats
 
 
 @dataclass
@@ -35,10 +35,10 @@ class BatchResult:
     steps: torch.Tensor  # (B,) Adam steps each face took
 
 
-def _distances(exts, x, mats, targets, untargeted, flip=False, diversity=0.0, gens=None):
-    """(B,) per-extractor squared feature distances, stacked to (E, B). `flip` and `diversity`
-    (random transformations drawn from each face's own generator in `gens`) are the transfer
-    options of Settings."""
+def _distances(exts, x, mats, targets, untargeted, flip=False, diversity=0.0, gens=None, blur_copy=0.0):
+    """(B,) per-extractor squared feature distances, stacked to (E, B). `flip`, `diversity`
+    (random transformations drawn from each face's own generator in `gens`) and `blur_copy` (the
+    mean with a blurred chip's distance) are the transfer options of Settings."""
     out = []
     for k, ext in enumerate(exts):
         m = jitter_mats(mats[k], ext.chip_size, diversity, gens) if diversity > 0 else mats[k]
@@ -46,6 +46,9 @@ def _distances(exts, x, mats, targets, untargeted, flip=False, diversity=0.0, ge
         if diversity > 0:
             chips = diversify(chips, diversity, gens)
         d = (ext.features(chips, flip=flip) - targets[k]).pow(2).sum(1)
+        if blur_copy > 0:
+            sigma = torch.full((chips.shape[0],), float(blur_copy), device=chips.device)
+            d = (d + (ext.features(gaussian_blur(chips, sigma), flip=flip) - targets[k]).pow(2).sum(1)) / 2
         out.append(-d if untargeted else d)
     return torch.stack(out)
 
@@ -128,9 +131,10 @@ class _Problem:
         Untargeted distances start at 0 and are used as they are (normalised features, <= 4)."""
         if self.untargeted:
             return torch.ones(len(self.exts), self.x0.shape[0], device=self.x0.device)
-        if clean is not None and not self.s.flip:  # the caller's features are plain, not flip-averaged
+        if clean is not None and not self.s.flip and self.s.blur_copy <= 0:  # the caller's features are plain
             return torch.stack([(c - t).pow(2).sum(1) for c, t in zip(clean, self.targets)]).clamp_min(1e-6)
-        return _distances(self.exts, self.x0, self.mats, self.targets, False, self.s.flip).clamp_min(1e-6)
+        return _distances(self.exts, self.x0, self.mats, self.targets, False, self.s.flip,
+                          blur_copy=self.s.blur_copy).clamp_min(1e-6)
 
     def start(self) -> torch.Tensor:
         """The first iterate: the crops, or for untargeted cloaks a tiny seeded shake of them
@@ -158,7 +162,8 @@ class _Problem:
         xa = xs.detach().requires_grad_(True)
         gens = [self.gens[i] for i in rows] if s.diversity > 0 else None
         dist = _distances(self.exts, xa, [mm.index_select(0, idx) for mm in self.mats],
-                          [t.index_select(0, idx) for t in self.targets], self.untargeted, s.flip, s.diversity, gens)
+                          [t.index_select(0, idx) for t in self.targets], self.untargeted, s.flip, s.diversity, gens,
+                          s.blur_copy)
         feat = (dist / self.d0.index_select(1, idx)).sum(0)
         dss, colour = self.budget_terms(xa, idx, rows)
         loss = feat + s.penalty * torch.relu(dss - self.rho) + s.colour_penalty * colour

@@ -20,6 +20,7 @@ class Settings:
     safety: float = 0.97  # optimise to rho * safety, leaving room for 8-bit rounding and JPEG
     diversity: float = 0.0  # strength of random resize/shift/blur/JPEG each step (0: off); for transfer
     flip: bool = False  # average each extractor's features with the mirrored chip's; for transfer
+    blur_copy: float = 0.0  # also push a Gaussian-blurred copy of each chip (sigma, chip px; 0: off), as LowKey
     colour_mean: float = 0.9  # mean CIE76 ΔE over each budget box above which colour is penalised
     colour_peak: float = 4.0  # per-pixel CIE76 ΔE above which a pixel's change is penalised
     colour_penalty: float = 3.0  # weight of that colour hinge (0: off); see README "Modes"

@@ -58,7 +58,7 @@ def similarity_jitter(mats: torch.Tensor, size: int, strength: float, gens) -> t
     return torch.cat([lin @ rot, lin @ off + mats[:, :, 2:]], dim=2)
 
 
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Separable 5-tap Gaussian blur of each image with its own sigma (B,)."""
     B, C = x.shape[:2]
     k = torch.arange(-2, 3, dtype=x.dtype, device=x.device)
@@ -107,7 +107,7 @@ def diversify(chips: torch.Tensor, strength: float, gens) -> torch.Tensor:
     u = draw(gens, 4, chips.shape[0]).to(chips.device)
     blur, jpeg = (u[:, 0] < 0.5)[:, None, None, None], (u[:, 2] < 0.5)[:, None, None, None]
     if bool(blur.any()):
-        chips = torch.where(blur, _blur(chips, 0.3 + 0.7 * strength * u[:, 1]), chips)
+        chips = torch.where(blur, gaussian_blur(chips, 0.3 + 0.7 * strength * u[:, 1]), chips)
     if bool(jpeg.any()):
         chips = torch.where(jpeg, jpeg_like(chips, 95 - 25 * strength * u[:, 3]), chips)
     return chips
