@@ -20,7 +20,7 @@ from .device import resolve_device
 from .faces.warp import warp_batch
 from .faces.budget import budget_boxes, whole_boxes
 from .faces.detect import FaceDetector
-from .faces.yunet import add_yunet_points
+from .faces.yunet import add_points_needed
 
 REGION_MULTIPLE = 16
 REGION_MARGIN = 6  # px beyond the chips' footprint: SSIM window half-width plus bilinear support
@@ -151,8 +151,8 @@ class FacePipeline:
         """Faces largest first, with the extra landmarks any extractor aligns on (YuNet's five
         points for SFace, as OpenCV's own pipeline; a face YuNet misses keeps dlib's)."""
         faces = self.detector.detect(image)
-        if faces and any(e.points == "yunet5" for e in self.extractors):
-            add_yunet_points(image, faces)
+        if faces:
+            add_points_needed(image, faces, [e.points for e in self.extractors])
         return faces
 
     def regions(self, faces) -> tuple[list[Region], list[list[np.ndarray]]]:

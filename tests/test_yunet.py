@@ -206,8 +206,28 @@ def test_the_pipeline_cuts_sface_chips_on_yunet_points_and_dlib_chips_on_dlib_po
 
 
 def test_a_dlib_only_pipeline_does_not_run_yunet(lfw_faces, monkeypatch):
+    import fawkes_fast.faces.yunet as yunet
     import fawkes_fast.pipeline as pipeline
 
-    monkeypatch.setattr(pipeline, "add_yunet_points", lambda *a: pytest.fail("YuNet ran for dlib alone"))
+    monkeypatch.setattr(yunet, "add_yunet_points", lambda *a: pytest.fail("YuNet ran for dlib alone"))
     faces = pipeline.FacePipeline(("dlib",)).detect(lfw_faces[0][0])
     assert faces and "yunet5" not in faces[0].points
+
+
+def test_training_chips_are_the_runtime_chips(lfw_faces, tmp_path):
+    """Robust training on SFace must see the chip the runtime cuts (YuNet's points), not the dlib-5 twin."""
+    from PIL import Image
+
+    from fawkes_fast.extractors import load
+    from fawkes_fast.pipeline import FacePipeline
+    from fawkes_fast.training.chip_data import cut_chips
+
+    rgb = lfw_faces[0][0]
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    ext = load("sface")
+    chips, _ = cut_chips([tmp_path / "a.png"], ext)
+    face = FacePipeline(("sface",)).detect(rgb)[0]
+    want = chip_matrix("sface_yunet", face.points["yunet5"])
+    img = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float()
+    ref = warp_batch(img, torch.as_tensor(want, dtype=torch.float32), 112)[0].round().clamp(0, 255)
+    assert (chips[0].float() - ref).abs().mean() < 0.5

