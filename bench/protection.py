@@ -4,6 +4,7 @@ a Markdown table and plots into bench/results/. Resumable: a scenario whose JSON
     python bench/protection.py --scenarios uncloaked,mid_dlib,rho_0.004 --users 3 --max-train 10
     python bench/protection.py --scenarios all --users 10          # the full matrix (GPU advised)
     python bench/protection.py --scenarios mid_dlib --set colour_mean=2.0 --tag _cm2   # one option changed
+    python bench/protection.py --scenarios mid_dlib --set rho=0.017 --tag _rho0.017 --budget   # with visibility
     python bench/protection.py --list
     python bench/protection.py --scenarios all --users 10 --max-train 10 --out bench/results/users10 --readme README.md
 """
@@ -75,6 +76,11 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a cloaking option of every chosen scenario, e.g. colour_mean=2.0 "
                          "(repeatable; give a --tag so results do not overwrite the presets')")
+    ap.add_argument("--budget", action="store_true", help="also measure each cloaked upload's visibility "
+                    "(box DSSIM and CIEDE2000 over dlib's own boxes, skimage; evaluate.budget)")
+    ap.add_argument("--before", metavar="DIR", help="with --readme: put native dlib's figures from an earlier "
+                    "run's JSON files in DIR (same scenario names) beside the new ones")
+    ap.add_argument("--before-label", default="before", help="that column's heading")
     ap.add_argument("--readme", metavar="FILE", help="write the summary table between the "
                     "<!-- protection:begin/end --> markers of FILE (e.g. README.md)")
     args = ap.parse_args()
@@ -95,12 +101,16 @@ def main() -> int:
         ap.error("--set needs a --tag, so the results do not overwrite the presets'")
     chosen = [replace(table[n], cloak={**table[n].cloak, **overrides}) if overrides and table[n].cloak else table[n]
               for n in names]
+    if args.budget:
+        chosen = [replace(sc, budget=True) if sc.cloak else sc for sc in chosen]
     out = Path(args.out)
     results = run_all(chosen, config_from(args), out, args.tag, args.force)
     md = markdown_table(results)
     (out / f"protection{args.tag}.md").write_text(md)
     plots = plot_results(results, out)
-    if args.readme and not replace_block(args.readme, "protection", summary_table(results)):
+    before = ({p.stem: json.loads(p.read_text()) for p in Path(args.before).glob("*.json")}
+              if args.before else None)
+    if args.readme and not replace_block(args.readme, "protection", summary_table(results, before, args.before_label)):
         print(f"{args.readme}: no <!-- protection:begin --> / <!-- protection:end --> markers; summary not written")
     print(md)
     print("plots:", ", ".join(str(p) for p in plots))

@@ -39,6 +39,8 @@ CASES = {  # name -> cloak spec (as in fawkes_fast.evaluate.protocol); rows in t
     "dlib_untargeted": {**MID, "target": "none"},
     "dlib_blur": {**MID, "blur_copy": 1.5},  # LowKey's blurred copy
     "dlib_untargeted_blur": {**MID, "target": "none", "blur_copy": 1.5},
+    "dlib_ghost": {**MID, "ghost": 0.1},  # DFANet's ghost copies: channel dropout in dlib each step
+    "dlib_momentum": {**MID, "momentum": 0.99},  # heavier Adam momentum (MI-FGSM's argument)
     "dlib_robust": ROBUST,
     "dlib_robust_eot": {**ROBUST, "diversity": 1.0},
     "dlib_ensemble": {**MID, "extractors": ["dlib", "dlib-robust"]},

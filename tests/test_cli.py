@@ -238,7 +238,7 @@ def test_demo_writes_the_cloak_and_a_side_by_side(tmp_path):
 
 
 def test_transfer_options_reach_the_cloaker(monkeypatch, tmp_path):
-    """--diversity/--flip/--blur-copy become Cloaker options (validated there); absent, the mode's defaults stay."""
+    """--diversity/--flip/--blur-copy/--ghost/--momentum become Cloaker options (validated there); absent, the mode's defaults stay."""
     import fawkes_fast.cloaker as cloaker_mod
 
     seen = {}
@@ -251,11 +251,13 @@ def test_transfer_options_reach_the_cloaker(monkeypatch, tmp_path):
     monkeypatch.setattr(cloaker_mod, "Cloaker", Spy)
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
-    main(["cloak", str(bad), "--diversity", "0.5", "--flip", "--blur-copy", "1.5", "-q", "--batch-size", "3"])
+    main(["cloak", str(bad), "--diversity", "0.5", "--flip", "--blur-copy", "1.5", "--ghost", "0.1",
+          "--momentum", "0.99", "-q", "--batch-size", "3"])
     assert seen["diversity"] == 0.5 and seen["flip"] is True and seen["blur_copy"] == 1.5 and seen["batch_size"] == 3
+    assert seen["ghost"] == 0.1 and seen["momentum"] == 0.99
     seen.clear()
     main(["cloak", str(bad), "-q"])
-    assert "diversity" not in seen and "flip" not in seen and "blur_copy" not in seen
+    assert not {"diversity", "flip", "blur_copy", "ghost", "momentum"} & set(seen)
 
 
 def test_ctrl_c_keeps_finished_photos_writes_the_report_and_exits_130(tmp_path, lfw_dir):

@@ -60,6 +60,7 @@ def test_graphs_only_where_the_step_is_fixed(monkeypatch):
     assert not engine.use_cuda_graph(torch.device("cpu"), mid)
     assert engine.use_cuda_graph(cuda, mid)
     assert not engine.use_cuda_graph(cuda, mid.with_options(diversity=1.0))  # random each step
+    assert not engine.use_cuda_graph(cuda, mid.with_options(ghost=0.1))
     monkeypatch.setenv("FAWKES_FAST_CUDA_GRAPH", "0")
     assert not engine.use_cuda_graph(cuda, mid)
 
@@ -77,3 +78,60 @@ def test_cuda_graph_gives_the_same_cloaks(opts):
     assert (a.steps - b.steps).abs().max() <= 1
     assert torch.allclose(a.dssim, b.dssim, atol=2e-4)
     assert (a.best - b.best).abs().mean() < 0.05
+
+
+def test_ghost_copies_thin_a_private_copy_and_keep_faces_independent():
+    """ghost > 0: channel dropout inside a copy of the model (the shared one keeps no hook), drawn from
+    each face's own seed: a face cloaked alone matches the same face cloaked among others (up to the
+    convolutions' batch-size rounding, < 0.01 grey levels), and another seed moves it by whole levels."""
+    from fawkes_fast.optimize.ghost import Ghost
+
+    ext = _toy_extractor()
+    x0, M, t = _batch("cpu")
+    s = settings_for("mid", steps=8, ghost=0.2)
+    alone = engine.optimise([ext], x0[:1], [M[:1]], [t[:1]], s, seeds=[5])
+    batch = engine.optimise([ext], x0, [M], [t], s, seeds=[5, 6, 7, 8])
+    other = engine.optimise([ext], x0[:1], [M[:1]], [t[:1]], s, seeds=[9])
+    assert (alone.best[0] - batch.best[0]).abs().max() < 0.01
+    assert (other.best[0] - batch.best[0]).abs().max() > 1.0
+    assert all(not m._forward_hooks for m in ext.module.modules())
+    plain = engine.optimise([ext], x0, [M], [t], settings_for("mid", steps=8), seeds=[5, 6, 7, 8])
+    assert not torch.equal(plain.best, batch.best)
+    g = Ghost(ext, 0.5)
+    g.gens = [torch.Generator().manual_seed(0)]
+    chips = x0[:1, :, :32, :32]
+    assert not torch.allclose(g.extractor.features(chips), ext.features(chips))
+    with pytest.raises(ValueError, match="nn.Conv2d"):
+        Ghost(Extractor("lin", torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4)), "dlib", 32, 4), 0.1)
+
+
+def test_momentum_is_adams_beta1(monkeypatch):
+    seen = []
+    real = engine.ops.tanh_adam_step
+    monkeypatch.setattr(engine.ops, "tanh_adam_step", lambda *a, **k: (seen.append(k["beta1"]), real(*a, **k)))
+    ext = _toy_extractor()
+    x0, M, t = _batch("cpu", B=1)
+    a = engine.optimise([ext], x0, [M], [t], settings_for("mid", steps=6, momentum=0.99))
+    b = engine.optimise([ext], x0, [M], [t], settings_for("mid", steps=6))
+    assert set(seen) == {0.99, 0.9}
+    assert not torch.equal(a.best, b.best)
+    with pytest.raises(ValueError, match="momentum"):
+        settings_for("mid", momentum=1.0)
+
+
+def test_ghost_thins_the_builtin_dlib_and_refuses_a_functional_graph():
+    """The built-ins are shared TorchScript; ghost copies rebuild dlib's eager module privately. SFace's
+    imported graph has no nn.Conv2d to thin: a clear error, not a silent plain cloak."""
+    from fawkes_fast.extractors import load
+    from fawkes_fast.optimize.ghost import Ghost
+
+    dlib = load("dlib")
+    g = Ghost(dlib, 0.1)
+    g.gens = [torch.Generator().manual_seed(0)]
+    chips = torch.rand(1, 3, 150, 150, generator=torch.Generator().manual_seed(1)) * 255
+    cos = float((dlib.features(chips) * g.extractor.features(chips)).sum())
+    assert 0.5 < cos < 0.99  # a different model, not a different one altogether
+    g.p = 1e-9  # no dropout: the eager rebuild is the same network as the TorchScript one
+    assert float((dlib.features(chips) * g.extractor.features(chips)).sum()) > 0.99999
+    with pytest.raises(ValueError, match="sface has none"):
+        Ghost(load("sface"), 0.1)

@@ -159,3 +159,8 @@ def test_summary_goes_between_the_readme_markers(tmp_path):
     assert "old" not in text and table in text and text.startswith("intro") and text.endswith("rest\n")
     (tmp_path / "plain.md").write_text("no markers")
     assert not replace_block(tmp_path / "plain.md", "protection", table)
+    old = {"mid_dlib": {"summary": {k: {**v, "protection_mean": 0.5} for k, v in r["summary"].items()}}}
+    side = summary_table([r, {**r, "scenario": {"name": "new_row"}}], before=old, before_label="old budget")
+    assert "| scenario | native dlib: logreg / matching | native dlib, old budget |" in side
+    assert "| `mid_dlib` | 100 ± 0% / 90 ± 10% | 50 ± 0% / 50 ± 10% | 99.2% |" in side
+    assert "| `new_row` | 100 ± 0% / 90 ± 10% | — | 99.2% |" in side

@@ -35,6 +35,10 @@ def add_cloak_options(p) -> None:
     p.add_argument("--flip", action="store_true", default=None, help="flip-averaged features while optimising")
     p.add_argument("--blur-copy", type=float_between(0.0, 3.0), default=None, metavar="SIGMA",
                    help="also push a Gaussian-blurred copy of each face (LowKey; sigma in chip pixels, 0 off)")
+    p.add_argument("--ghost", type=float_between(0.0, 0.5), default=None, metavar="P",
+                   help="channel dropout inside dlib-family models each step (ghost copies; 0 off)")
+    p.add_argument("--momentum", type=float_between(0.0, 0.999), default=None, metavar="B1",
+                   help="Adam's beta1 (default 0.9)")
     p.add_argument("--keep-metadata", action="store_true",
                    help="keep EXIF (incl. GPS; never the thumbnail or previews) and the ICC profile")
     p.add_argument("--overwrite", action="store_true", help="replace existing *_cloaked outputs (never an input)")
@@ -65,8 +69,8 @@ def check_device(args):
 
 
 def cloaker_kwargs(args, device) -> dict:
-    transfer = {k: v for k, v in (("diversity", args.diversity), ("flip", args.flip), ("blur_copy", args.blur_copy))
-                if v is not None}
+    transfer = {k: getattr(args, k) for k in ("diversity", "flip", "blur_copy", "ghost", "momentum")
+                if getattr(args, k) is not None}
     return dict(mode=args.mode, extractors=tuple(args.extractors or ("dlib",)), device=device,
                 batch_size=args.batch_size, **transfer)
 

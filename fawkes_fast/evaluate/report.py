@@ -38,21 +38,30 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary_table(results: list[dict]) -> str:
-    """One row per scenario: protection (logistic regression / similarity matching) per tracker."""
+def _cell(summary: dict, tracker: str) -> str:
+    a, b = summary.get(f"{tracker}/logreg"), summary.get(f"{tracker}/match")
+    if not a or a["protection_mean"] is None:
+        return "—"
+    return (f"{100 * a['protection_mean']:.0f} ± {100 * a['protection_std']:.0f}% / "
+            f"{100 * b['protection_mean']:.0f} ± {100 * b['protection_std']:.0f}%")
+
+
+def summary_table(results: list[dict], before: dict[str, dict] | None = None, before_label: str = "before") -> str:
+    """One row per scenario: protection (logistic regression / similarity matching) per tracker. With
+    `before` (scenario name -> an earlier result), native dlib's earlier figures stand beside the new ones."""
     trackers = [t for t in ("dlib", "sface", "facenet") if any(f"{t}/logreg" in r["summary"] for r in results)]
-    head = " | ".join(f"native {t}: logreg / matching" for t in trackers)
-    lines = [f"| scenario | {head} | normal accuracy (dlib, logreg) |", "|---|" + "---|" * (len(trackers) + 1)]
+    heads = [f"native {t}: logreg / matching" for t in trackers]
+    if before is not None:
+        heads.insert(1, f"native dlib, {before_label}")
+    lines = [f"| scenario | {' | '.join(heads)} | normal accuracy (dlib, logreg) |", "|---|" + "---|" * (len(heads) + 1)]
     for r in results:
-        cells = []
-        for t in trackers:
-            a, b = r["summary"].get(f"{t}/logreg"), r["summary"].get(f"{t}/match")
-            cells.append("—" if not a or a["protection_mean"] is None else
-                         f"{100 * a['protection_mean']:.0f} ± {100 * a['protection_std']:.0f}% / "
-                         f"{100 * b['protection_mean']:.0f} ± {100 * b['protection_std']:.0f}%")
+        name = r["scenario"]["name"]
+        cells = [_cell(r["summary"], t) for t in trackers]
+        if before is not None:
+            cells.insert(1, _cell(before[name]["summary"], "dlib") if name in before else "—")
         n = r["summary"].get("dlib/logreg")
         normal = "—" if not n else f"{100 * n['normal_mean']:.1f}%"
-        lines.append(f"| `{r['scenario']['name']}` | " + " | ".join(cells) + f" | {normal} |")
+        lines.append(f"| `{name}` | " + " | ".join(cells) + f" | {normal} |")
     return "\n".join(lines) + "\n"
 
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from . import builtins as _builtins  # noqa: F401  (registers dlib, sface, dlib-robust, facenet)
 from .base import Extractor
 from .loading import cached_builtin, load_builtin, load_file
-from .registry import BuiltinLoader, builtin_names, is_builtin, register_builtin
+from .registry import BuiltinLoader, builtin, builtin_names, is_builtin, register_builtin
 
-__all__ = ["Extractor", "load", "build_builtin", "register_builtin", "BuiltinLoader", "builtin_names",
+__all__ = ["Extractor", "load", "build_builtin", "register_builtin", "BuiltinLoader", "builtin", "builtin_names",
            "is_builtin"]
 
 

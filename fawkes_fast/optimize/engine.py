@@ -9,7 +9,8 @@ starting distance, normalises extractors so no model dominates. Each face keeps 
 iterate within the budget and freezes (learning rate 0) once its loss stalls. On a CPU frozen
 faces are skipped, so a batch costs what its slowest face needs; on CUDA the whole batch's step is
 replayed from a CUDA graph, since there launches, not arithmetic, are the cost. The transfer options
-(`diversity`, `flip`, `blur_copy`; see transforms.py) change only what the extractors see each step.
+(`diversity`, `flip`, `blur_copy`; see transforms.py) change only what the extractors see each step;
+`ghost` (ghost.py) thins the extractors themselves, and `momentum` is Adam's beta1.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .. import ops
 from ..faces.warp import warp_batch
 from ..faces.budget import boxes_dssim
 from .colour import colour_excess, delta_e76, rgb_to_lab
+from .ghost import Ghost
 from .modes import Settings
 from .transforms import diversify, gaussian_blur, jitter_mats
 
@@ -104,9 +106,9 @@ class _GraphedStep:
 
 
 def use_cuda_graph(device: torch.device, settings: Settings) -> bool:
-    """Graphs need fixed work per step: on CUDA, without random transformations; FAWKES_FAST_CUDA_GRAPH=0
+    """Graphs need fixed work per step: on CUDA, without per-step randomness; FAWKES_FAST_CUDA_GRAPH=0
     turns them off."""
-    return (device.type == "cuda" and settings.diversity <= 0
+    return (device.type == "cuda" and not settings.random_each_step
             and os.environ.get("FAWKES_FAST_CUDA_GRAPH", "1") != "0")
 
 
@@ -124,7 +126,10 @@ class _Problem:
         self.grey = torch.tensor(gray if gray is not None else [False] * B, device=dev)
         with torch.no_grad():
             self.lab0 = rgb_to_lab(x0) if settings.colour_penalty > 0 else None
-            self.d0 = self._start_distances(clean)
+            self.d0 = self._start_distances(clean)  # measured on the whole models, before any thinning
+        self.ghosts = [Ghost(e, settings.ghost) for e in exts] if settings.ghost > 0 else []
+        if self.ghosts:
+            self.exts = [g.extractor for g in self.ghosts]
 
     def _start_distances(self, clean):
         """Targeted: each extractor's distance is measured in units of where it started.
@@ -160,7 +165,9 @@ class _Problem:
         whose crops are `xs`."""
         s = self.s
         xa = xs.detach().requires_grad_(True)
-        gens = [self.gens[i] for i in rows] if s.diversity > 0 else None
+        gens = [self.gens[i] for i in rows] if s.random_each_step else None
+        for g in self.ghosts:
+            g.gens = gens
         dist = _distances(self.exts, xa, [mm.index_select(0, idx) for mm in self.mats],
                           [t.index_select(0, idx) for t in self.targets], self.untargeted, s.flip, s.diversity, gens,
                           s.blur_copy)
@@ -211,7 +218,7 @@ def _descend(problem: _Problem, compute, w, x, on_step) -> BatchResult:
     best_dssim = torch.zeros(B, device=dev)
     stall = torch.zeros(B, dtype=torch.long, device=dev)
     # under random transformations the loss is noisy: a stall says nothing, so run every step
-    patience = s.patience if s.diversity <= 0 else s.steps + 1
+    patience = s.patience if not s.random_each_step else s.steps + 1
     for it in range(s.steps + 1):
         running = lr > 0
         if not bool(running.any()):
@@ -238,7 +245,7 @@ def _descend(problem: _Problem, compute, w, x, on_step) -> BatchResult:
                 break
             lr = torch.where(done, 0.0, lr)
             step += (lr > 0).float()
-            ops.tanh_adam_step(w, m, v, x, g, step, lr, 0.0, 255.0)
+            ops.tanh_adam_step(w, m, v, x, g, step, lr, 0.0, 255.0, beta1=s.momentum)
             if on_step is not None:
                 on_step(int((lr > 0).sum()))
         # a face that never got inside the budget (too few steps) keeps its last iterate: the

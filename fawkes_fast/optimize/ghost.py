@@ -1,0 +1,60 @@
+"""Ghost copies of an extractor (model augmentation, as DFANet): dropout on its hidden activations.
+
+Each optimiser step sees a different random thinning of the network, as if the cloak were tuned
+against many slightly different models at once; the hope is a cloak that leans less on one model's
+exact features. Masks are drawn per face from the face's own generator, so a face's cloak never
+depends on its batch-mates. The dropout acts on whole channels of every ``nn.Conv2d`` output (the
+built-in dlib ResNets are built of them), in a private eager copy of the module: the shared, cached
+TorchScript one (and every other thread using it) is untouched. A model without an ``nn.Conv2d`` (an
+imported ONNX or GraphDef graph runs its convolutions functionally) cannot be thinned this way and raises.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+
+import torch
+
+from ..extractors import builtin, is_builtin
+from ..extractors.base import Extractor
+
+
+@functools.lru_cache(maxsize=4)
+def _eager_builtin(name: str) -> torch.nn.Module:
+    """A built-in's module before TorchScript (hooks need one): rebuilt from its model file, once."""
+    loader = builtin(name)
+    return loader.build(loader.source()).eval()
+
+
+def eager_module(ext: Extractor) -> torch.nn.Module:
+    """A private eager copy of `ext`'s module on its device."""
+    module = ext.module
+    if isinstance(module, torch.jit.ScriptModule):
+        if not is_builtin(ext.name):
+            raise ValueError(f"ghost copies need an eager torch module; {ext.name} is TorchScript (use ghost=0 with it)")
+        module = _eager_builtin(ext.name)
+    out = copy.deepcopy(module).to(ext.device)
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out
+
+
+class Ghost:
+    """An extractor whose conv outputs are channel-dropped at rate `p`; set `gens` (one generator per
+    batch row) before each forward. A flipped pass (twice the rows) reuses each row's mask."""
+
+    def __init__(self, ext: Extractor, p: float):
+        module = eager_module(ext)
+        layers = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+        if not layers:
+            raise ValueError(f"ghost copies need nn.Conv2d layers; {ext.name} has none (use ghost=0 with it)")
+        self.p, self.gens = p, None
+        for m in layers:
+            m.register_forward_hook(self._drop)
+        self.extractor = dataclasses.replace(ext, module=module)
+
+    def _drop(self, _mod, _inp, out):
+        keep = torch.stack([(torch.rand(out.shape[1], generator=g) >= self.p) for g in self.gens])
+        mask = (keep.float() / (1.0 - self.p)).to(out.device)[:, :, None, None]
+        return out * mask.repeat(out.shape[0] // len(self.gens), 1, 1, 1)
