@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..faces.align import chip_matrix, dlib5_template, face_chip_matrix, points_needed
 
 
-def _moved_copy(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+def frozen_copy(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """A frozen copy of `module` on `device`; TorchScript goes through save/load (its parameters
     cannot be moved to every device in place, e.g. not to "meta")."""
     if isinstance(module, torch.jit.ScriptModule):
@@ -58,7 +58,7 @@ class Extractor:
         have, want = self.device, torch.device(device)
         if have.type == want.type and want.index in (None, have.index):
             return self
-        return replace(self, module=_moved_copy(self.module, want))
+        return replace(self, module=frozen_copy(self.module, want))
 
     def features(self, chips: torch.Tensor, flip: bool = False) -> torch.Tensor:
         """L2-normalised embeddings; differentiable with respect to `chips`.

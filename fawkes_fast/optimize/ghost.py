@@ -10,14 +10,13 @@ imported ONNX or GraphDef graph runs its convolutions functionally) cannot be th
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 
 import torch
 
 from ..extractors import builtin, is_builtin
-from ..extractors.base import Extractor
+from ..extractors.base import Extractor, frozen_copy
 
 
 @functools.lru_cache(maxsize=4)
@@ -34,10 +33,7 @@ def eager_module(ext: Extractor) -> torch.nn.Module:
         if not is_builtin(ext.name):
             raise ValueError(f"ghost copies need an eager torch module; {ext.name} is TorchScript (use ghost=0 with it)")
         module = _eager_builtin(ext.name)
-    out = copy.deepcopy(module).to(ext.device)
-    for p in out.parameters():
-        p.requires_grad_(False)
-    return out
+    return frozen_copy(module, ext.device)
 
 
 class Ghost:
