@@ -9,6 +9,7 @@ row's visibility with evaluate.budget (skimage DSSIM and CIEDE2000 over dlib's o
 
     python bench/lofo.py --users 10 --max-train 10                  # the matrix at mid
     python bench/lofo.py --users 10 --max-train 10 --tradeoff       # held-out protection at rho 0.007/0.012/0.017
+    python bench/lofo.py --users 10 --max-train 10 --tradeoff --joint --set colour_penalty=0 --tag _colour_off
     python bench/lofo.py --users 2 --max-train 3 --population 20 --per-identity 12 \\
         --extractors dlib,sface --families dlib,sface --out /tmp/lofo                # a smoke run
 
@@ -24,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-from protection import add_config_args, config_from, run_all  # noqa: E402
+from protection import add_config_args, add_set_arg, cloak_overrides, config_from, run_all  # noqa: E402
 
 from fawkes_fast.evaluate.protocol import Scenario  # noqa: E402
 from fawkes_fast.evaluate.trackers import get_tracker  # noqa: E402
@@ -44,20 +45,26 @@ def plan(families, extractors) -> dict[str, list[str]]:
 
 
 def lofo_scenarios(families=FAMILIES, extractors=FAMILIES, mode: str = "mid", tradeoff: bool = False,
-                   target: str = "max") -> list[Scenario]:
-    """One scenario per held-out family (three with `tradeoff`: one per rho). Its trackers: the held-out
-    family first, then the families the cloak saw."""
+                   target: str = "max", overrides: dict | None = None, rhos=RHOS, joint: bool = False) -> list[Scenario]:
+    """One scenario per held-out family (one per rho in `rhos` with `tradeoff`). Its trackers: the held-out
+    family first, then the families the cloak saw. `overrides` are cloaking options set on every row.
+    `joint` adds, per rho, a row cloaked with every extractor and tracked by every family: what a default
+    made of all of them would buy (no family is held out there)."""
+    cloak_rhos = [{"rho": r} for r in rhos] if tradeoff else [{}]
+    suffixes = [f"rho_{r}" for r in rhos] if tradeoff else [mode]
     out = []
     for held_out, used in plan(families, extractors).items():
         if not used:
             print(f"{held_out}: no extractor outside this family; skipped", file=sys.stderr)
             continue
-        cloak = {"extractors": used, "mode": mode, "target": target}
         trackers = (held_out,) + tuple(f for f in families if f != held_out)
-        if tradeoff:
-            out += [Scenario(f"lofo_{held_out}_rho_{r}", {**cloak, "rho": r}, trackers, budget=True) for r in RHOS]
-        else:
-            out.append(Scenario(f"lofo_{held_out}_{mode}", cloak, trackers, budget=True))
+        out += [Scenario(f"lofo_{held_out}_{sfx}", {"extractors": used, "mode": mode, "target": target, **r,
+                                                    **(overrides or {})}, trackers, budget=True)
+                for r, sfx in zip(cloak_rhos, suffixes)]
+    if joint:
+        out += [Scenario(f"joint_{sfx}", {"extractors": list(extractors), "mode": mode, "target": target, **r,
+                                          **(overrides or {})}, tuple(families), budget=True)
+                for r, sfx in zip(cloak_rhos, suffixes)]
     return out
 
 
@@ -76,14 +83,15 @@ def table(results: list[dict]) -> str:
              "box DSSIM max | mean ΔE2000 | p99 ΔE max | cloak s/photo |", "|---" * 10 + "|"]
     for r in results:
         sc = r["scenario"]
-        held, seen = sc["trackers"][0], sc["trackers"][1:]
+        joint = sc["name"].startswith("joint_")  # no family held out: every tracker saw the cloak
+        held, seen = ("—", sc["trackers"]) if joint else (sc["trackers"][0], sc["trackers"][1:])
         rho = sc["cloak"].get("rho", settings_for(sc["cloak"]["mode"]).rho)
         b = r.get("budget", {})
         vis = (f"{b['box_dssim_max']:.4f} | {b['mean_de']:.2f} | {b['p99_de_max']:.1f}" if b.get("faces")
                else "— | — | —")
         per = r["cloak_seconds"] / r["cloaked_photos"] if r["cloaked_photos"] else float("nan")
         seen_txt = "; ".join(f"{t} {_cell(r['summary'], t)}" for t in seen) or "—"
-        users = r["summary"].get(f"{held}/logreg", {}).get("users", 0)
+        users = r["summary"].get(f"{sc['trackers'][0]}/logreg", {}).get("users", 0)
         lines.append(f"| {held} | {' + '.join(sc['cloak']['extractors'])} | {rho} | {_cell(r['summary'], held)} | "
                      f"{seen_txt} | {users} | {vis} | {per:.2f} |")
     return "\n".join(lines) + "\n"
@@ -96,13 +104,18 @@ def main(argv=None) -> int:
     ap.add_argument("--extractors", default=",".join(FAMILIES), help="built-in extractors the cloaks may use")
     ap.add_argument("--mode", default="mid")
     ap.add_argument("--target", default="max")
-    ap.add_argument("--tradeoff", action="store_true", help=f"held-out protection at rho {RHOS} instead")
+    ap.add_argument("--tradeoff", action="store_true", help=f"held-out protection at each --rhos instead")
+    ap.add_argument("--rhos", default=",".join(map(str, RHOS)), help="the face budgets of --tradeoff")
+    ap.add_argument("--joint", action="store_true", help="also cloak with every extractor, tracked by every family")
+    add_set_arg(ap)
     ap.add_argument("--out", default=str(HERE / "results" / "lofo"))
     args = ap.parse_args(argv)
     unknown = [e for e in args.extractors.split(",") if not (is_builtin(e) or Path(e).is_file())]
     if unknown:
         ap.error(f"not a built-in extractor nor a model file: {', '.join(unknown)}")
-    scs = lofo_scenarios(args.families.split(","), args.extractors.split(","), args.mode, args.tradeoff, args.target)
+    rhos = [float(r) for r in args.rhos.split(",")]
+    scs = lofo_scenarios(args.families.split(","), args.extractors.split(","), args.mode, args.tradeoff, args.target,
+                         cloak_overrides(ap, args), rhos, args.joint)
     if not scs:
         ap.error("no scenario to run: every extractor belongs to the held-out families")
     try:  # a missing extra fails here, in one line, before any cloak is made

@@ -41,6 +41,26 @@ def add_config_args(ap: argparse.ArgumentParser, users: int = 10) -> None:
     ap.add_argument("--force", action="store_true", help="rerun scenarios whose JSON exists")
 
 
+def add_set_arg(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a cloaking option of every chosen scenario, e.g. colour_penalty=0 "
+                         "(repeatable; give a --tag so results do not overwrite the presets')")
+
+
+def cloak_overrides(ap: argparse.ArgumentParser, args) -> dict:
+    """--set KEY=VALUE pairs (values are JSON) as a dict; refuses them without a --tag."""
+    overrides = {}
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            ap.error(f"--set {kv}: the value must be JSON (a number, true/false, or a quoted string)")
+    if overrides and not args.tag:
+        ap.error("--set needs a --tag, so the results do not overwrite the presets'")
+    return overrides
+
+
 def config_from(args) -> Config:
     return Config(lfw=args.lfw, gan=args.gan, users=args.users, seed=args.seed, max_train=args.max_train,
                   per_identity=args.per_identity, population=args.population, steps=args.steps,
@@ -72,10 +92,8 @@ def main() -> int:
     ap.add_argument("--scenarios", default="uncloaked,mid_dlib", help="comma list, or 'all'")
     ap.add_argument("--list", action="store_true", help="list scenario names and exit")
     add_config_args(ap)
+    add_set_arg(ap)
     ap.add_argument("--out", default=str(HERE / "results"))
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a cloaking option of every chosen scenario, e.g. colour_mean=2.0 "
-                         "(repeatable; give a --tag so results do not overwrite the presets')")
     ap.add_argument("--budget", action="store_true", help="also measure each cloaked upload's visibility "
                     "(box DSSIM and CIEDE2000 over dlib's own boxes, skimage; evaluate.budget)")
     ap.add_argument("--before", metavar="DIR", help="with --readme: put native dlib's figures from an earlier "
@@ -93,12 +111,7 @@ def main() -> int:
     unknown = [n for n in names if n not in table]
     if unknown:
         ap.error(f"unknown scenario(s): {', '.join(unknown)}; see --list")
-    overrides = {}
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        overrides[key.strip()] = json.loads(value)
-    if overrides and not args.tag:
-        ap.error("--set needs a --tag, so the results do not overwrite the presets'")
+    overrides = cloak_overrides(ap, args)
     chosen = [replace(table[n], cloak={**table[n].cloak, **overrides}) if overrides and table[n].cloak else table[n]
               for n in names]
     if args.budget:

@@ -33,6 +33,19 @@ def test_scenarios_track_the_held_out_family_first_and_the_tradeoff_sweeps_rho()
     assert [s.name for s in lofo.lofo_scenarios(("dlib", "sface"), ("dlib",))] == ["lofo_sface_mid"]
 
 
+def test_joint_rows_see_every_family_and_overrides_reach_every_row():
+    scs = lofo.lofo_scenarios(("dlib", "sface"), ("dlib", "sface"), tradeoff=True, rhos=(0.012,),
+                              overrides={"colour_penalty": 0}, joint=True)
+    assert [s.name for s in scs] == ["lofo_dlib_rho_0.012", "lofo_sface_rho_0.012", "joint_rho_0.012"]
+    assert all(s.cloak["colour_penalty"] == 0 and s.cloak["rho"] == 0.012 for s in scs)
+    assert scs[-1].cloak["extractors"] == ["dlib", "sface"] and scs[-1].trackers == ("dlib", "sface")
+    row = {"scenario": {"name": "joint_rho_0.012", "trackers": ["dlib", "sface"], "cloak": scs[-1].cloak},
+           "summary": {"dlib/logreg": {"protection_mean": 0.5, "protection_std": 0.1, "users": 2}},
+           "cloak_seconds": 4.0, "cloaked_photos": 2}
+    line = lofo.table([row]).splitlines()[-1]
+    assert line.startswith("| — | dlib + sface | 0.012 | — | dlib 50 ± 10%; sface — | 2 |") and "| 2.00 |" in line
+
+
 @pytest.mark.slow
 def test_tiny_run_writes_the_table(lfw_dir, tmp_path):
     args = ["--lfw", str(lfw_dir), "--users", "2", "--max-train", "3", "--population", "20", "--per-identity", "12",
