@@ -9,9 +9,10 @@
 #      the peer's eager and torch.compile steps, and the feature parity of the reduced-precision
 #      dlib on 100 LFW chips (bench/bench_step.py);
 #   5. whole photos end to end (low/mid/high, one face) against the peer, at the honest face budget:
-#      the per-GPU photo time that the Ray cost model (bench/ray_bench.py --gpu-photos-per-s) needs.
+#      the per-GPU photo time that the Ray cost model (bench/ray_bench.py --gpu-photos-per-s) needs;
+#   6. faces of different sizes in one padded batch against a batch per size (bench/bench_mixed_sizes.py).
 # Every step runs even when one fails; the script then exits non-zero and names the failures.
-# Results: $OUT/kernels.json, $OUT/step.json, $OUT/cloak.md, $OUT/summary.md, $OUT/gpu_check.log.
+# Results: $OUT/kernels.json, $OUT/step.json, $OUT/cloak.md, $OUT/mixed.json, $OUT/summary.md, $OUT/gpu_check.log.
 #
 # Usage: OUT=/some/dir bench/gpu_check.sh [--cpu-smoke]
 #   --cpu-smoke  the same steps on the CPU at tiny sizes, with the extension already installed
@@ -54,11 +55,13 @@ if [ $SMOKE = 1 ]; then
   KERNEL_ARGS=(--ssim-shape 2 3 32 32 --adam-shape 2 3 16 16)
   STEP_ARGS=(--faces 2 --iters 2 --photos 2 --parity 4 --precisions bf16)
   CLOAK_ARGS=(--batch 1 --photos 1 --iters 1)
+  MIXED_ARGS=(--photos 3 --steps 3)
 else
   DEV=cuda
   KERNEL_ARGS=()
   STEP_ARGS=(--faces 128 --iters 20 --photos 16 --parity 100 --precisions bf16 fp16 --compile-peer)
   CLOAK_ARGS=(--batch 1 8 --photos 3 --iters 3)
+  MIXED_ARGS=(--photos 32)
   { nvidia-smi; $PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'; } >> "$LOG" 2>&1
   TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c 'import torch; c = torch.cuda.get_device_capability(); print(f"{c[0]}.{c[1]}")')}
   export TORCH_CUDA_ARCH_LIST MAX_JOBS=${MAX_JOBS:-16}
@@ -79,11 +82,12 @@ fi
 step "kernels vs floors" 120 $PY bench/bench_kernels.py --floors --quick --device $DEV "${KERNEL_ARGS[@]}" --json "$OUT/kernels.json"
 step "engine step and parity" 420 $PY bench/bench_step.py --device $DEV "${STEP_ARGS[@]}" --shared "$SH" --json "$OUT/step.json"
 step "photos end to end" 300 $PY bench/bench_cloak.py --device $DEV "${CLOAK_ARGS[@]}" --shared "$SH" --out "$OUT/cloak.md"
+step "mixed sizes" 180 $PY bench/bench_mixed_sizes.py --device $DEV "${MIXED_ARGS[@]}" --shared "$SH" --json "$OUT/mixed.json"
 
 {
   echo "## bench/gpu_check.sh $([ $SMOKE = 1 ] && echo '--cpu-smoke ')— $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
-  for f in kernels step; do
+  for f in kernels step mixed; do
     [ -f "$OUT/$f.json" ] && { echo "### $f"; echo '```json'; cat "$OUT/$f.json"; echo; echo '```'; }
   done
   [ -f "$OUT/cloak.md" ] && { echo "### photos end to end"; cat "$OUT/cloak.md"; }

@@ -72,19 +72,28 @@ class FaceBatch:
         photo = self.photos[self.owner[i]]
         return int(np.random.SeedSequence([photo.own_seed, i - photo.first]).generate_state(1)[0])
 
-    def groups(self, photos_per_group: int, across_photos: bool, max_faces: int = 32) -> list[list[int]]:
-        """Faces optimised together: same working size, at most `max_faces`. Without
+    def groups(self, photos_per_group: int, across_photos: bool, max_faces: int = 32,
+               mixed_sizes: bool = False) -> list[list[int]]:
+        """Faces optimised together, at most `max_faces`: of one working size, or with `mixed_sizes`
+        of any (largest first, so a group pads its crops as little as it can; see `select`). Without
         `across_photos` a group never mixes photos, so a photo's pixels cannot depend on its
         neighbours (CPU and GPU kernels are not bit-identical across batch sizes); with it, up to
         `photos_per_group` consecutive photos share groups."""
         span = photos_per_group if across_photos else 1
         buckets: dict[tuple, list[int]] = {}
         for i, region in enumerate(self.regions):
-            buckets.setdefault((region.work, self.owner[i] // span), []).append(i)
+            buckets.setdefault((0 if mixed_sizes else region.work, self.owner[i] // span), []).append(i)
+        if mixed_sizes:
+            buckets = {k: sorted(idx, key=lambda i: -self.regions[i].work) for k, idx in buckets.items()}
         return [idx[s:s + max_faces] for idx in buckets.values() for s in range(0, len(idx), max_faces)]
 
     def select(self, idx: list[int]):
-        """(stacked crops, per-extractor mats, targets, clean) of the faces `idx`."""
-        x0 = torch.stack([self.crops[i] for i in idx])
+        """(stacked crops, per-extractor mats, targets, clean, sizes) of the faces `idx`. Crops of
+        different sizes are zero-padded on the right and bottom to the largest (the mats are in crop
+        pixels, so they still cut the same chips); `sizes` then gives each face's own side, else None."""
+        sides = [self.crops[i].shape[-1] for i in idx]
+        side = max(sides)
+        x0 = torch.stack([torch.nn.functional.pad(self.crops[i], (0, side - s, 0, side - s))
+                          for i, s in zip(idx, sides)])
         pick = (lambda ts: [t[idx] for t in ts])  # noqa: E731
-        return x0, pick(self.mats), pick(self.targets), pick(self.clean)
+        return x0, pick(self.mats), pick(self.targets), pick(self.clean), (sides if min(sides) < side else None)

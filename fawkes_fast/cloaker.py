@@ -4,10 +4,10 @@
     results = cloaker.cloak(["a.jpg", "b.png"], seed=0)
 
 Per call: load -> detect -> one region per face -> pick a target (eq. 3) -> optimise faces in
-size buckets (eq. 2) -> paste each perturbation back at full resolution -> check the DSSIM
-budget on the exact pixels (and JPEG bytes) to be saved, shrinking a face's cloak if needed.
-A bad file gets status "error" and the batch goes on. Models are loaded once and shared:
-a Cloaker is safe to use from several threads.
+size buckets, on CUDA padded to one size (eq. 2) -> paste each perturbation back at full
+resolution -> check the DSSIM budget on the exact pixels (and JPEG bytes) to be saved, shrinking a
+face's cloak if needed. A bad file gets status "error" and the batch goes on. Models are loaded
+once and shared: a Cloaker is safe to use from several threads.
 """
 from __future__ import annotations
 
@@ -47,6 +47,10 @@ class Cloaker:
         # on its neighbours (batched kernels are not bit-identical across batch sizes). True: faces
         # of up to batch_size photos share a batch: faster, reproducible only for the same batching.
         self.batch_across_photos = batch_across_photos
+        # On CUDA, faces of different sizes share one batch (and one captured graph), zero-padded to
+        # the largest: a GPU step costs about the same for more faces. On a CPU, where cost follows
+        # the pixels, each working size keeps its own batch.
+        self.mixed_sizes = self.device.type == "cuda"
         # Loading, detection and encoding run concurrently; the tensor work of concurrent calls
         # is taken in turn: torch's intra-op threads of several calls at once thrash the cores
         # (measured: one dlib step went from 70 ms to over 2 s on 2 busy cores).
@@ -137,14 +141,15 @@ class Cloaker:
 
     def _optimise(self, batch, settings, on_step):
         batch.cloaked, batch.steps = list(batch.crops), [0] * len(batch)
-        for idx in batch.groups(self.batch_size, across_photos=self.batch_across_photos):
-            x0, mats, targets, clean = batch.select(idx)
+        for idx in batch.groups(self.batch_size, across_photos=self.batch_across_photos, mixed_sizes=self.mixed_sizes):
+            x0, mats, targets, clean, sizes = batch.select(idx)
             out = optimise(self.pipeline.extractors, x0, mats, targets, settings, untargeted=batch.untargeted,
                            on_step=on_step, seeds=[batch.face_seed(i) for i in idx], clean=clean,
                            boxes=[batch.boxes[i] for i in idx],
-                           gray=[batch.photos[batch.owner[i]].grayscale for i in idx])
+                           gray=[batch.photos[batch.owner[i]].grayscale for i in idx], sizes=sizes)
             for r, i in enumerate(idx):
-                batch.cloaked[i], batch.steps[i] = out.best[r], int(out.steps[r])
+                n = batch.crops[i].shape[-1]
+                batch.cloaked[i], batch.steps[i] = out.best[r, :, :n, :n], int(out.steps[r])
 
     def _finish(self, batch, photo, settings, fmt, quality, source) -> CloakResult:
         """Paste, check the budget on what is saved, and report; a face with no cloak that fits

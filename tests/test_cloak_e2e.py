@@ -152,3 +152,24 @@ def test_transfer_options_keep_the_budget_and_move_toward_the_target(cloaker):
     assert r.status == "cloaked" and 0 < f.dssim <= 0.007
     before, after = f.distances["dlib"]["to_target"]
     assert after < before
+
+
+def test_faces_of_two_sizes_in_one_padded_batch(cloaker, photos, monkeypatch):
+    """What a CUDA Cloaker does (mixed_sizes): a photo's faces of different working sizes go through one
+    optimisation, padded to the largest, and each comes back cloaked within its budget at its own size."""
+    import fawkes_fast.cloaker as cloaker_module
+
+    small = np.asarray(Image.fromarray(photos[1]).resize((150, 150), Image.BILINEAR))
+    canvas = np.full((250, 420, 3), 128, np.uint8)
+    canvas[:, :250], canvas[50:200, 260:410] = photos[0], small
+    calls = []
+    real = cloaker_module.optimise
+    monkeypatch.setattr(cloaker_module, "optimise", lambda *a, **k: (calls.append(k["sizes"]), real(*a, **k))[1])
+    monkeypatch.setattr(cloaker, "mixed_sizes", True)
+    r = cloaker.cloak([canvas], seed=3, steps=12)[0]
+    assert r.status == "cloaked" and len(r.faces) == 2
+    assert len(calls) == 1 and calls[0] is not None and len(set(calls[0])) == 2
+    for f in r.faces:
+        assert 0 < f.dssim <= 0.007
+        before, after = f.distances["dlib"]["to_target"]
+        assert after < before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +136,63 @@ def test_ghost_thins_the_builtin_dlib_and_refuses_a_functional_graph():
     assert float((dlib.features(chips) * g.extractor.features(chips)).sum()) > 0.99999
     with pytest.raises(ValueError, match="sface has none"):
         Ghost(load("sface"), 0.1)
+
+
+@pytest.mark.parametrize("target", ["max", "none"])
+def test_faces_of_different_sizes_share_a_batch_padded(target):
+    """Crops of 48 and 32 px zero-padded to 48 (FaceBatch.select): each face's step (loss, DSSIM over its
+    own boxes and crop, gradient) is the one it has in a batch of its own size, the padding gets no
+    gradient, and a whole optimisation keeps the padding still and each face within its budget."""
+    from fawkes_fast.batch import FaceBatch
+
+    ext = _toy_extractor()
+    x0, M, t = _batch("cpu", B=2)
+    small = x0[1, :, :32, :32].clone()
+    Ms = M[1:].clone()
+    Ms[:, :, 2] = 1.0  # the small face's chip footprint stays inside its 32 px
+    s = settings_for("mid", steps=20)
+    untargeted = target == "none"
+    boxes = [np.array([[8, 8, 40, 40]]), np.array([[4, 4, 28, 28]])]  # budget boxes inside each crop
+    fb = FaceBatch(photos=[], regions=[], boxes=[], crops=[x0[0], small], mats=[torch.cat([M[:1], Ms])],
+                   clean=[t], targets=[t])
+    xp, mats, targets, _, sizes = fb.select([0, 1])
+    assert xp.shape == (2, 3, 48, 48) and sizes == [48, 32] and torch.equal(xp[1, :, :32, :32], small)
+    assert fb.select([0])[-1] is None and fb.select([1])[0].shape == (1, 3, 32, 32)  # one size: no padding
+
+    def problem(x, m, tt, b, seeds, sz=None):
+        return engine._Problem([ext], x, [m], [tt], s, untargeted, seeds, None, b, None, sz)
+
+    padded = problem(xp, mats[0], targets[0], boxes, [3, 4], sizes)
+    own = [problem(x0[:1], M[:1], t[:1], boxes[:1], [3]), problem(small[None], Ms, t[1:], boxes[1:], [4])]
+    start = padded.start()
+    for r, n in enumerate(sizes):  # untargeted: the same seeded shake as in a batch of its own size
+        assert torch.equal(start[r, :, :n, :n], own[r].start()[0])
+    # a change mostly outside the budget boxes, so that the whole crop's DSSIM is the one that binds
+    outside = torch.ones(2, 1, 48, 48)
+    for r, (l, tp, rr, b) in enumerate(bx[0] for bx in boxes):
+        outside[r, :, tp:b, l:rr] = 0.2
+    shake = start + torch.randn(xp.shape, generator=torch.Generator().manual_seed(0)) * 8 * outside * padded.inside
+    feat, dss, _, g = padded.forward(shake, torch.arange(2), [0, 1])
+    assert g[1, :, 32:, :].abs().max() == 0 and g[1, :, :, 32:].abs().max() == 0
+    for r, n in enumerate(sizes):
+        f1, d1, _, g1 = own[r].forward(shake[r:r + 1, :, :n, :n].contiguous(), torch.arange(1), [0])
+        assert torch.allclose(feat[r], f1[0], rtol=1e-5) and torch.allclose(dss[r], d1[0], atol=1e-6)
+        assert torch.allclose(g[r, :, :n, :n], g1[0], atol=1e-5 * float(g1.abs().max()))
+
+    both = engine.optimise([ext], xp, mats, targets, s, seeds=[3, 4], untargeted=untargeted, sizes=sizes,
+                           boxes=boxes)
+    assert both.best[1, :, 32:, :].abs().max() < 1e-3 and both.best[1, :, :, 32:].abs().max() < 1e-3
+    assert (both.dssim <= s.rho * s.safety).all()
+    assert (both.best[1, :, :32, :32] - small).abs().max() > 1.0  # the small face was cloaked
+
+
+def test_mixed_size_groups_sort_largest_first_and_keep_photos_apart():
+    from types import SimpleNamespace
+
+    from fawkes_fast.batch import FaceBatch
+
+    regions = [SimpleNamespace(work=w) for w in (96, 160, 96, 128, 64)]
+    fb = FaceBatch(photos=[], regions=regions, boxes=[], crops=[], mats=[], clean=[], owner=[0, 0, 0, 1, 1])
+    assert fb.groups(8, across_photos=False) == [[0, 2], [1], [3], [4]]
+    assert fb.groups(8, across_photos=False, mixed_sizes=True) == [[1, 0, 2], [3, 4]]
+    assert fb.groups(8, across_photos=True, mixed_sizes=True, max_faces=4) == [[1, 3, 0, 2], [4]]

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .. import ops
 from ..faces.warp import warp_batch
@@ -115,14 +116,21 @@ def use_cuda_graph(device: torch.device, settings: Settings) -> bool:
 class _Problem:
     """Eq. 2 for one batch of faces: everything a step needs, computed once."""
 
-    def __init__(self, exts, x0, mats, targets, settings: Settings, untargeted, seeds, clean, boxes, gray):
+    def __init__(self, exts, x0, mats, targets, settings: Settings, untargeted, seeds, clean, boxes, gray, sizes):
         B, dev, side = x0.shape[0], x0.device, x0.shape[-1]
         self.exts, self.x0, self.mats, self.targets, self.s = exts, x0, mats, targets, settings
         self.untargeted = untargeted
         self.rho = settings.rho * settings.safety
         self.gens = [torch.Generator().manual_seed(int(s)) for s in (seeds if seeds is not None else range(B))]
-        whole = np.array([[0, 0, side, side]])
-        self.boxes = torch.as_tensor(np.stack(boxes if boxes is not None else [whole] * B), dtype=torch.long, device=dev)
+        self.sizes = sizes  # padded crops: face i is x0[i, :, :sizes[i], :sizes[i]], the rest stays as it is
+        own = sizes if sizes is not None else [side] * B
+        wholes = [np.array([[0, 0, n, n]]) for n in own]
+        self.boxes = torch.as_tensor(np.stack(boxes if boxes is not None else wholes), dtype=torch.long, device=dev)
+        if sizes is not None:  # each face's whole crop, for its DSSIM (ops.dssim would see the padding)
+            self.dssim_boxes = torch.cat([self.boxes, torch.as_tensor(np.stack(wholes), dtype=torch.long, device=dev)], 1)
+            ramp = torch.arange(side, device=dev)
+            n = torch.tensor(own, device=dev)[:, None]
+            self.inside = ((ramp < n)[:, :, None] & (ramp < n)[:, None, :])[:, None]  # (B, 1, S, S)
         self.grey = torch.tensor(gray if gray is not None else [False] * B, device=dev)
         with torch.no_grad():
             self.lab0 = rgb_to_lab(x0) if settings.colour_penalty > 0 else None
@@ -146,15 +154,22 @@ class _Problem:
         (at x0 itself the untargeted loss has a zero gradient)."""
         if not self.untargeted:
             return self.x0
-        noise = torch.stack([torch.rand(self.x0.shape[1:], generator=g) for g in self.gens])
-        return (self.x0 + (noise * 2 - 1).to(self.x0.device)).clamp(0, 255)
+        side = self.x0.shape[-1]
+        own = self.sizes if self.sizes is not None else [side] * len(self.gens)
+        # drawn at each face's own size: its start does not depend on its batch-mates' sizes
+        noise = torch.stack([F.pad(torch.rand(3, n, n, generator=g) * 2 - 1, (0, side - n, 0, side - n))
+                             for g, n in zip(self.gens, own)])
+        return (self.x0 + noise.to(self.x0.device)).clamp(0, 255)
 
     def budget_terms(self, xa, idx, rows):
         """Per face: DSSIM (the largest over its budget boxes and its whole crop: the boxes are the
         promised budget, the crop keeps the rest of the region from taking what they may not), and
         how far its colour change exceeds the limits (the mean over each box, the peak anywhere)."""
         x0, boxes = self.x0.index_select(0, idx), self.boxes.index_select(0, idx)
-        dss = torch.maximum(boxes_dssim(xa, x0, boxes).amax(1), ops.dssim(xa, x0))
+        if self.sizes is None:  # the whole crop by the fused kernel
+            dss = torch.maximum(boxes_dssim(xa, x0, boxes).amax(1), ops.dssim(xa, x0))
+        else:  # a padded crop's own square is one more box
+            dss = boxes_dssim(xa, x0, self.dssim_boxes.index_select(0, idx)).amax(1)
         if self.s.colour_penalty <= 0:
             return dss, torch.zeros_like(dss)
         de = delta_e76(rgb_to_lab(xa), self.lab0.index_select(0, idx))
@@ -177,13 +192,16 @@ class _Problem:
         (g,) = torch.autograd.grad(loss.sum(), xa)
         grey = self.grey.index_select(0, idx)[:, None, None, None]  # a grey photo's cloak stays grey
         g = torch.where(grey, g.mean(1, keepdim=True).expand_as(g), g)
+        if self.sizes is not None:  # padding is not the photo's: it never moves
+            g = g * self.inside.index_select(0, idx)
         return feat.detach(), dss.detach(), dist.detach(), g
 
 
 def optimise(exts, x0: torch.Tensor, mats: list[torch.Tensor], targets: list[torch.Tensor],
              settings: Settings, untargeted: bool = False, on_step=None, seeds: list[int] | None = None,
              clean: list[torch.Tensor] | None = None, graph: bool | None = None,
-             boxes: list[np.ndarray] | None = None, gray: list[bool] | None = None) -> BatchResult:
+             boxes: list[np.ndarray] | None = None, gray: list[bool] | None = None,
+             sizes: list[int] | None = None) -> BatchResult:
     """Cloak a batch of same-sized face crops; `mats[k]` cut extractor k's chips from them.
 
     `targets[k]` are L2-normalised (B, D) features for extractor k; when `untargeted`, they are
@@ -193,9 +211,10 @@ def optimise(exts, x0: torch.Tensor, mats: list[torch.Tensor], targets: list[tor
     them, saves one extractor pass. `graph`: replay the step as a CUDA graph (default:
     `use_cuda_graph`). `boxes`: per face, (K, 4) boxes in crop pixels (the same K for all) where its DSSIM budget
     and colour limit are measured (default: the whole crop). `gray`: faces of grayscale photos,
-    whose cloak is kept grey (the same change in R, G and B).
+    whose cloak is kept grey (the same change in R, G and B). `sizes`: crops of different sizes
+    zero-padded to one (FaceBatch.select): face i's own side, which its budget and gradient keep to.
     """
-    problem = _Problem(exts, x0, mats, targets, settings, untargeted, seeds, clean, boxes, gray)
+    problem = _Problem(exts, x0, mats, targets, settings, untargeted, seeds, clean, boxes, gray, sizes)
     w = ops.image_to_tanh(problem.start(), 0.0, 255.0)
     x = ops.tanh_to_image(w, 0.0, 255.0).contiguous()
     graph = use_cuda_graph(x0.device, settings) if graph is None else graph
