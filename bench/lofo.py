@@ -10,6 +10,7 @@ row's visibility with evaluate.budget (skimage DSSIM and CIEDE2000 over dlib's o
     python bench/lofo.py --users 10 --max-train 10                  # the matrix at mid
     python bench/lofo.py --users 10 --max-train 10 --tradeoff       # held-out protection at rho 0.007/0.012/0.017
     python bench/lofo.py --users 10 --max-train 10 --tradeoff --joint --set colour_penalty=0 --tag _colour_off
+    python bench/lofo.py --collect                                   # one table of every result in --out
     python bench/lofo.py --users 2 --max-train 3 --population 20 --per-identity 12 \\
         --extractors dlib,sface --families dlib,sface --out /tmp/lofo                # a smoke run
 
@@ -85,7 +86,10 @@ def table(results: list[dict]) -> str:
         sc = r["scenario"]
         joint = sc["name"].startswith("joint_")  # no family held out: every tracker saw the cloak
         held, seen = ("—", sc["trackers"]) if joint else (sc["trackers"][0], sc["trackers"][1:])
-        rho = sc["cloak"].get("rho", settings_for(sc["cloak"]["mode"]).rho)
+        preset = settings_for(sc["cloak"]["mode"])
+        rho = sc["cloak"].get("rho", preset.rho)
+        if sc["cloak"].get("colour_penalty", preset.colour_penalty) <= 0:
+            rho = f"{rho}, colour caps off"
         b = r.get("budget", {})
         vis = (f"{b['box_dssim_max']:.4f} | {b['mean_de']:.2f} | {b['p99_de_max']:.1f}" if b.get("faces")
                else "— | — | —")
@@ -95,6 +99,19 @@ def table(results: list[dict]) -> str:
         lines.append(f"| {held} | {' + '.join(sc['cloak']['extractors'])} | {rho} | {_cell(r['summary'], held)} | "
                      f"{seen_txt} | {users} | {vis} | {per:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def collected(out: Path) -> list[dict]:
+    """Every LOFO and joint result under `out`, from any run: held-out rows by family, then by rho, then
+    the joint rows (the README's table)."""
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*.json")) if p.name.startswith(("lofo_", "joint_"))]
+    rank = {f: i for i, f in enumerate(FAMILIES)}
+
+    def key(r):
+        sc = r["scenario"]
+        joint = sc["name"].startswith("joint_")
+        return joint, rank.get(sc["trackers"][0], len(rank)), sc["cloak"].get("rho", settings_for(sc["cloak"]["mode"]).rho)
+    return sorted((r for r in rows if "scenario" in r), key=key)
 
 
 def main(argv=None) -> int:
@@ -109,7 +126,14 @@ def main(argv=None) -> int:
     ap.add_argument("--joint", action="store_true", help="also cloak with every extractor, tracked by every family")
     add_set_arg(ap)
     ap.add_argument("--out", default=str(HERE / "results" / "lofo"))
+    ap.add_argument("--collect", action="store_true", help="run nothing: write lofo_all.md, one table of every "
+                    "result under --out")
     args = ap.parse_args(argv)
+    if args.collect:
+        md = table(collected(Path(args.out)))
+        (Path(args.out) / "lofo_all.md").write_text(md)
+        print(md)
+        return 0
     unknown = [e for e in args.extractors.split(",") if not (is_builtin(e) or Path(e).is_file())]
     if unknown:
         ap.error(f"not a built-in extractor nor a model file: {', '.join(unknown)}")

@@ -43,7 +43,24 @@ def test_joint_rows_see_every_family_and_overrides_reach_every_row():
            "summary": {"dlib/logreg": {"protection_mean": 0.5, "protection_std": 0.1, "users": 2}},
            "cloak_seconds": 4.0, "cloaked_photos": 2}
     line = lofo.table([row]).splitlines()[-1]
-    assert line.startswith("| — | dlib + sface | 0.012 | — | dlib 50 ± 10%; sface — | 2 |") and "| 2.00 |" in line
+    assert line.startswith("| — | dlib + sface | 0.012, colour caps off | — | dlib 50 ± 10%; sface — | 2 |") and "| 2.00 |" in line
+
+
+def test_collect_orders_every_result_by_family_then_rho(tmp_path):
+    def row(name, held, rho):
+        trackers = ["dlib", "sface", "facenet"] if held is None else [held] + [f for f in lofo.FAMILIES if f != held]
+        return {"scenario": {"name": name, "trackers": trackers, "cloak": {"extractors": ["x"], "mode": "mid",
+                                                                          **({"rho": rho} if rho else {})}},
+                "summary": {}, "cloak_seconds": 1.0, "cloaked_photos": 1}
+    for name, held, rho in [("joint_rho_0.017", None, 0.017), ("lofo_sface_rho_0.012", "sface", 0.012),
+                            ("lofo_dlib_rho_0.017", "dlib", 0.017), ("lofo_dlib_mid", "dlib", None),
+                            ("lofo_facenet_mid", "facenet", None)]:
+        (tmp_path / f"{name}.json").write_text(json.dumps(row(name, held, rho)))
+    (tmp_path / "lofo.json").write_text("[]")  # a run's list of results is not a result
+    names = [r["scenario"]["name"] for r in lofo.collected(tmp_path)]
+    assert names == ["lofo_dlib_mid", "lofo_dlib_rho_0.017", "lofo_sface_rho_0.012", "lofo_facenet_mid", "joint_rho_0.017"]
+    assert lofo.main(["--collect", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "lofo_all.md").read_text().count("\n") == 2 + 5
 
 
 @pytest.mark.slow
