@@ -46,27 +46,30 @@ def plan(families, extractors) -> dict[str, list[str]]:
 
 
 def lofo_scenarios(families=FAMILIES, extractors=FAMILIES, mode: str = "mid", tradeoff: bool = False,
-                   target: str = "max", overrides: dict | None = None, rhos=RHOS, joint: bool = False) -> list[Scenario]:
+                   target: str = "max", overrides: dict | None = None, rhos=RHOS,
+                   joint: bool = False) -> list[Scenario]:
     """One scenario per held-out family (one per rho in `rhos` with `tradeoff`). Its trackers: the held-out
     family first, then the families the cloak saw. `overrides` are cloaking options set on every row.
     `joint` adds, per rho, a row cloaked with every extractor and tracked by every family: what a default
     made of all of them would buy (no family is held out there)."""
-    cloak_rhos = [{"rho": r} for r in rhos] if tradeoff else [{}]
-    suffixes = [f"rho_{r}" for r in rhos] if tradeoff else [mode]
+    budgets = [(f"rho_{r}", {"rho": r}) for r in rhos] if tradeoff else [(mode, {})]
+
+    def rows(prefix, used, trackers):
+        return [Scenario(f"{prefix}_{sfx}", {"extractors": list(used), "mode": mode, "target": target, **rho,
+                                             **(overrides or {})}, tuple(trackers), budget=True)
+                for sfx, rho in budgets]
     out = []
     for held_out, used in plan(families, extractors).items():
         if not used:
             print(f"{held_out}: no extractor outside this family; skipped", file=sys.stderr)
             continue
-        trackers = (held_out,) + tuple(f for f in families if f != held_out)
-        out += [Scenario(f"lofo_{held_out}_{sfx}", {"extractors": used, "mode": mode, "target": target, **r,
-                                                    **(overrides or {})}, trackers, budget=True)
-                for r, sfx in zip(cloak_rhos, suffixes)]
-    if joint:
-        out += [Scenario(f"joint_{sfx}", {"extractors": list(extractors), "mode": mode, "target": target, **r,
-                                          **(overrides or {})}, tuple(families), budget=True)
-                for r, sfx in zip(cloak_rhos, suffixes)]
-    return out
+        out += rows(f"lofo_{held_out}", used, (held_out,) + tuple(f for f in families if f != held_out))
+    return out + (rows("joint", extractors, families) if joint else [])
+
+
+def _rho(cloak: dict) -> float:
+    """A row's face budget: its own rho, else its mode's."""
+    return cloak.get("rho", settings_for(cloak["mode"]).rho)
 
 
 def _cell(summary: dict, tracker: str) -> str:
@@ -86,9 +89,8 @@ def table(results: list[dict]) -> str:
         sc = r["scenario"]
         joint = sc["name"].startswith("joint_")  # no family held out: every tracker saw the cloak
         held, seen = ("—", sc["trackers"]) if joint else (sc["trackers"][0], sc["trackers"][1:])
-        preset = settings_for(sc["cloak"]["mode"])
-        rho = sc["cloak"].get("rho", preset.rho)
-        if sc["cloak"].get("colour_penalty", preset.colour_penalty) <= 0:
+        rho = _rho(sc["cloak"])
+        if sc["cloak"].get("colour_penalty", settings_for(sc["cloak"]["mode"]).colour_penalty) <= 0:
             rho = f"{rho}, colour caps off"
         b = r.get("budget", {})
         vis = (f"{b['box_dssim_max']:.4f} | {b['mean_de']:.2f} | {b['p99_de_max']:.1f}" if b.get("faces")
@@ -110,7 +112,7 @@ def collected(out: Path) -> list[dict]:
     def key(r):
         sc = r["scenario"]
         joint = sc["name"].startswith("joint_")
-        return joint, rank.get(sc["trackers"][0], len(rank)), sc["cloak"].get("rho", settings_for(sc["cloak"]["mode"]).rho)
+        return joint, rank.get(sc["trackers"][0], len(rank)), _rho(sc["cloak"])
     return sorted((r for r in rows if "scenario" in r), key=key)
 
 

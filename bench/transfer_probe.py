@@ -48,8 +48,6 @@ CASES = {  # name -> cloak spec (as in fawkes_fast.evaluate.protocol); rows in t
     "dlib_robust_high": {**ROBUST, "mode": "high"},
     "dlib_rho_0.03": {**MID, "rho": 0.03, "steps": 100},
     "sface": {**MID, "extractors": ["sface"]},  # the tracker's own architecture, for reference
-    "joint": {**MID, "extractors": ["dlib", "sface"]},  # FaceNet held out
-    "joint_rho_0.017_colour_off": {**MID, "extractors": ["dlib", "sface"], "rho": 0.017, "colour_penalty": 0.0},
     "sface_eot": {**MID, "extractors": ["sface"], "diversity": 1.0},
 }
 

@@ -93,7 +93,8 @@ class FaceBatch:
         pixels, so they still cut the same chips); `sizes` then gives each face's own side, else None."""
         sides = [self.crops[i].shape[-1] for i in idx]
         side = max(sides)
-        x0 = torch.stack([torch.nn.functional.pad(self.crops[i], (0, side - s, 0, side - s))
+        pad = torch.nn.functional.pad
+        x0 = torch.stack([self.crops[i] if s == side else pad(self.crops[i], (0, side - s, 0, side - s))
                           for i, s in zip(idx, sides)])
         pick = (lambda ts: [t[idx] for t in ts])  # noqa: E731
         return x0, pick(self.mats), pick(self.targets), pick(self.clean), (sides if min(sides) < side else None)

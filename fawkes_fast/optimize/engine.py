@@ -127,7 +127,8 @@ class _Problem:
         wholes = [np.array([[0, 0, n, n]]) for n in own]
         self.boxes = torch.as_tensor(np.stack(boxes if boxes is not None else wholes), dtype=torch.long, device=dev)
         if sizes is not None:  # each face's whole crop, for its DSSIM (ops.dssim would see the padding)
-            self.dssim_boxes = torch.cat([self.boxes, torch.as_tensor(np.stack(wholes), dtype=torch.long, device=dev)], 1)
+            crop_boxes = torch.as_tensor(np.stack(wholes), dtype=torch.long, device=dev)
+            self.dssim_boxes = torch.cat([self.boxes, crop_boxes], 1)
             ramp = torch.arange(side, device=dev)
             n = torch.tensor(own, device=dev)[:, None]
             self.inside = ((ramp < n)[:, :, None] & (ramp < n)[:, None, :])[:, None]  # (B, 1, S, S)
