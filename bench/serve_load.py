@@ -2,18 +2,24 @@
 
     python bench/serve_load.py [--photos 8] [--requests 32] [--concurrency 1 4 16] [--mode mid]
                                [--max-batch 8] [--max-wait-ms 25] [--device cpu] [--batch-across-photos]
-                               [--json OUT.json]
+                               [--background-load 0 2] [--torch-threads 0 2] [--no-direct] [--json OUT.json]
 
-1. Direct: one warm Cloaker in this process cloaks the requests one by one (PNG, seed per request).
-2. Served: a real server (subprocess, free loopback port, same mode) answers the same requests at
-   each concurrency; p50/p95/p99 latency and throughput per level.
+For each background load (N processes spinning on the CPU, started before and stopped after, each
+ending itself within --load-limit-s) and each torch thread count (0: the server's own sizing):
+1. Direct: one warm Cloaker in this process, with the same thread count, cloaks the requests one by
+   one (PNG, seed per request). Skipped with --no-direct.
+2. Served: a real server (subprocess, free loopback port, same mode) is started; the first request
+   after /readyz is timed alone, then the same requests are sent at each concurrency; p50/p95/p99
+   latency and throughput per level.
 Goals (issue #14): throughput at concurrency 16 >= 1.5x direct; p99 at concurrency 1 <= 1.2x direct p99.
-Take figures for the record only on a quiet machine.
+Take figures for the record only on a quiet machine, or say what else ran.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,10 +29,33 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_common import SHARED, latency_summary, lfw_photos, timed_post, write_json  # noqa: E402
 
+# a CPU burner that stops by itself, so no run can leave one behind
+BURN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
 
-def direct(photos: list[bytes], requests: int, mode: str, device) -> dict:
+
+@contextlib.contextmanager
+def background_load(processes: int, limit_s: float):
+    burners = [subprocess.Popen([sys.executable, "-c", BURN, str(limit_s)]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for p in burners:
+            p.kill()
+            p.wait()
+
+
+def thread_count(requested: int) -> int:
+    from fawkes_fast.serve.threads import torch_threads, usable_cores
+
+    return requested or torch_threads(1, usable_cores())
+
+
+def direct(photos: list[bytes], requests: int, mode: str, device, threads: int) -> dict:
+    import torch
+
     from fawkes_fast import Cloaker
 
+    torch.set_num_threads(thread_count(threads))  # what the server would use
     cloaker = Cloaker(mode=mode, device=device)
     cloaker.cloak(photos[0], seed=0, format="png")  # warm-up, as the server does at start
     seconds, statuses = [], []
@@ -61,42 +90,62 @@ def served(url: str, photos: list[bytes], requests: int, concurrency: int) -> di
     return out
 
 
-def run(args) -> dict:
+def one_setting(args, photos: list[bytes], load: int, threads: int) -> dict:
     from fawkes_fast.serve.launch import spawn
 
-    photos = lfw_photos(args.photos, Path(args.shared))
-    record = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
-              "mode": args.mode, "photos": len(photos), "requests": args.requests,
-              "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
-              "batch_across_photos": args.batch_across_photos}
-    print(f"direct: {args.requests} sequential Cloaker.cloak calls ({args.mode})", flush=True)
-    record["direct"] = direct(photos, args.requests, args.mode, args.device)
+    row = {"background_load": load, "torch_threads": thread_count(threads), "threads_auto": not threads}
     flags = ["--mode", args.mode, "--timeout-s", str(args.timeout_s), "--max-batch", str(args.max_batch),
              "--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(max(64, 2 * max(args.concurrency)))]
     flags += ["--device", args.device] if args.device else []
     flags += ["--batch-across-photos"] if args.batch_across_photos else []
-    with spawn(flags) as server:
-        served(server.url, photos, min(2, args.requests), 1)  # warm the connection path
-        record["served"] = []
-        for c in args.concurrency:
-            print(f"served: {args.requests} requests at concurrency {c}", flush=True)
-            record["served"].append(served(server.url, photos, args.requests, c))
+    flags += ["--torch-threads", str(threads)] if threads else []
+    with background_load(load, args.load_limit_s):
+        if not args.no_direct:
+            print(f"direct: {args.requests} sequential Cloaker.cloak calls ({args.mode}, {row['torch_threads']} "
+                  f"thread(s), background load {load})", flush=True)
+            row["direct"] = direct(photos, args.requests, args.mode, args.device, threads)
+        t = time.perf_counter()
+        with spawn(flags) as server:
+            row["ready_s"] = round(time.perf_counter() - t, 2)
+            row["first"] = served(server.url, photos, 1, 1)  # the first request after start, alone
+            row["served"] = []
+            for c in args.concurrency:
+                print(f"served: {args.requests} requests at concurrency {c} ({row['torch_threads']} thread(s), "
+                      f"background load {load})", flush=True)
+                row["served"].append(served(server.url, photos, args.requests, c))
+    return row
+
+
+def run(args) -> dict:
+    from fawkes_fast.serve.threads import usable_cores
+
+    photos = lfw_photos(args.photos, Path(args.shared))
+    record = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
+              "usable_cores": usable_cores(), "mode": args.mode, "photos": len(photos), "requests": args.requests,
+              "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms,
+              "batch_across_photos": args.batch_across_photos, "runs": []}
+    for load in args.background_load:
+        for threads in args.torch_threads:
+            record["runs"].append(one_setting(args, photos, load, threads))
+            write_json(args.json_out, record)  # after each setting: a long run keeps what it measured
     return record
 
 
 def report(record: dict) -> None:
-    d = record["direct"]
-    print(f"\n{'':<14}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}  cloaked")
-    print(f"{'direct':<14}{d['throughput_per_s']:>8.3f}{d['p50_s']:>8.3f}{d['p95_s']:>8.3f}{d['p99_s']:>8.3f}"
-          f"  {d['cloaked']}/{d['requests']}")
-    for s in record["served"]:
-        print(f"{'served c=' + str(s['concurrency']):<14}{s['throughput_per_s']:>8.3f}{s['p50_s']:>8.3f}"
-              f"{s['p95_s']:>8.3f}{s['p99_s']:>8.3f}  {s['cloaked']}/{s['requests']} codes {s['codes']}")
-    by_c = {s["concurrency"]: s for s in record["served"]}
-    if 16 in by_c:
-        print(f"throughput c=16 / direct: {by_c[16]['throughput_per_s'] / d['throughput_per_s']:.2f}x (goal >= 1.5x)")
-    if 1 in by_c:
-        print(f"p99 c=1 / direct p99: {by_c[1]['p99_s'] / d['p99_s']:.2f}x (goal <= 1.2x)")
+    print(f"\n{'':<42}{'req/s':>8}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}  cloaked")
+    for run in record["runs"]:
+        name = f"load {run['background_load']}, {run['torch_threads']} thr{' (auto)' if run['threads_auto'] else ''}"
+        rows = ([("direct", run["direct"])] if "direct" in run else []) + [("first after start", run["first"])]
+        rows += [(f"served c={s['concurrency']}", s) for s in run["served"]]
+        for label, r in rows:
+            print(f"{name + ', ' + label:<42}{r['throughput_per_s']:>8.3f}{r['p50_s']:>8.3f}{r['p95_s']:>8.3f}"
+                  f"{r['p99_s']:>8.3f}  {r['cloaked']}/{r['requests']}{' codes ' + str(r['codes']) if 'codes' in r else ''}")
+        by_c = {s["concurrency"]: s for s in run["served"]}
+        if "direct" in run and 16 in by_c:
+            print(f"  throughput c=16 / direct: {by_c[16]['throughput_per_s'] / run['direct']['throughput_per_s']:.2f}x"
+                  " (goal >= 1.5x)")
+        if "direct" in run and 1 in by_c:
+            print(f"  p99 c=1 / direct p99: {by_c[1]['p99_s'] / run['direct']['p99_s']:.2f}x (goal <= 1.2x)")
 
 
 def main(argv=None) -> int:
@@ -111,6 +160,12 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout-s", type=float, default=600, help="the server's per-request deadline")
     ap.add_argument("--batch-across-photos", action="store_true",
                     help="serve with --batch-across-photos (faster; pixels then depend on batch-mates)")
+    ap.add_argument("--background-load", type=int, nargs="+", default=[0],
+                    help="CPU-spinning processes kept running during a setting (one setting per value)")
+    ap.add_argument("--load-limit-s", type=float, default=3600, help="each spinning process ends itself by then")
+    ap.add_argument("--torch-threads", type=int, nargs="+", default=[0],
+                    help="torch threads of the server and of the direct run (0: the server's own sizing)")
+    ap.add_argument("--no-direct", action="store_true", help="skip the sequential in-process baseline")
     ap.add_argument("--shared", default=str(SHARED))
     ap.add_argument("--json", dest="json_out", default=None, help="write the record here")
     args = ap.parse_args(argv)

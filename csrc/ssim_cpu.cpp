@@ -22,14 +22,13 @@ struct Plan {
   int64_t planes, rows, blocks, block_rows;
 };
 
-// Split `rows` rows of each of `planes` planes into blocks so that there are a few tasks per thread.
+// Split `rows` rows of each of `planes` planes into blocks of kBlockRows rows, the tasks threads take.
+// The height is fixed, not sized to the thread count: the forward adds the blocks' sums in block
+// order, so the SSIM is the same bits whatever the number of threads (issue #23).
+constexpr int64_t kBlockRows = 16;
+
 Plan make_plan(int64_t planes, int64_t rows) {
-  const int64_t nt = std::max<int64_t>(1, at::get_num_threads());
-  int64_t blocks = (4 * nt + planes - 1) / planes;
-  blocks = std::max<int64_t>(1, std::min<int64_t>(blocks, (rows + 15) / 16));
-  const int64_t block_rows = (rows + blocks - 1) / blocks;
-  blocks = (rows + block_rows - 1) / block_rows;
-  return {planes, rows, blocks, block_rows};
+  return {planes, rows, (rows + kBlockRows - 1) / kBlockRows, kBlockRows};
 }
 
 // Forward for one (plane, output row range). Returns the sum of the SSIM map over the range.

@@ -22,11 +22,13 @@ def _key(extractors, device):
     return names, str(resolve_device(device))
 
 
-def cloak(images, mode: str = "mid", extractors=("dlib",), device=None, seed: int | None = None, **options):
-    """Cloak every face in `images`; returns one CloakResult per image (see Cloaker.cloak)."""
+def cloak(images, mode: str = "mid", extractors=None, device=None, seed: int | None = None, **options):
+    """Cloak every face in `images`; returns one CloakResult per image (see Cloaker.cloak).
+    extractors: None for the mode's own (dlib; `high`: dlib, SFace and FaceNet jointly)."""
     from .cloaker import Cloaker
+    from .optimize.modes import extractors_for
 
-    names, dev = _key(extractors, device)
+    names, dev = _key(extractors_for(mode, extractors), device)
     cloaker = _cached(_cloakers, (names, dev), lambda: Cloaker(mode=mode, extractors=names, device=dev))
     return cloaker.cloak(images, mode=mode, seed=seed, **options)
 

@@ -33,6 +33,7 @@ class Photo:
     faces: list  # fawkes_fast.faces.detect.Face, largest first
     seed: int  # the caller's seed for this photo: it draws the target candidates
     first: int = 0  # index of its first face in the batch
+    person: str | None = None  # who the largest face is: one person's photos share one target (eq. 3)
 
     @functools.cached_property
     def own_seed(self) -> int:

@@ -17,13 +17,19 @@ import numpy as np
 import torch
 
 from .batch import Photo
+from .evaluate.judges import judge_result
+from .evaluate.judges import require as require_judges
+from .extractors import check as check_extractor
 from .finalize import FaceCloak, finalize_photo
 from .io.images import load_image_with_meta
 from .optimize.engine import optimise
-from .optimize.modes import settings_for
+from .optimize.ghost import check_ghost
+from .optimize.modes import extractors_for, settings_for
 from .pipeline import FacePipeline, as_list
 from .reports import CloakResult, face_reports
 from .targets.assign import assign_targets
+from .targets.bank import load_bank
+from .targets.select import identity_index
 
 
 def _source_name(src) -> str:
@@ -32,17 +38,28 @@ def _source_name(src) -> str:
 
 
 class Cloaker:
-    """Keeps detector and extractors warm; `cloak` may be called from several threads."""
+    """Keeps detector and extractors warm; `cloak` may be called from several threads.
 
-    def __init__(self, mode: str = "mid", extractors=("dlib",), device=None, detector: str = "auto",
+    Arguments that would fail every photo raise here (ValueError; FileNotFoundError for a model file's
+    missing spec): an unknown extractor, a bad mode or option, ghost copies with no model to thin.
+    batch_size: with batch_across_photos=True, the faces of up to batch_size consecutive photos of a
+    `cloak` call are optimised together (faster; pixels then depend on the batching). By default each
+    photo's faces are optimised on their own, whatever batch_size: it changes nothing."""
+
+    def __init__(self, mode: str = "mid", extractors=None, device=None, detector: str = "auto",
                  batch_size: int = 32, max_work: int = 224, batch_across_photos: bool = False, **options):
         self.mode = mode
         self.options = options
-        settings_for(mode, **options)  # fail early on a bad mode or option
-        self.pipeline = FacePipeline(extractors, device=device, detector=detector, max_work=max_work)
+        settings = settings_for(mode, **options)  # fail early on a bad mode or option
+        # None: the mode's own (dlib; `high` cloaks with dlib, SFace and FaceNet jointly)
+        self.pipeline = FacePipeline(extractors_for(mode, extractors), device=device, detector=detector,
+                                     max_work=max_work)
+        # names known, model files and their specs there: found now, not once per photo
+        self.extractor_names = tuple(check_extractor(e) for e in self.pipeline.extractor_names)
+        check_ghost(settings.ghost, self.pipeline.extractor_names)
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be at least 1 photo, not {batch_size}")
-        self.batch_size = int(batch_size)  # photos per optimisation batch (as the CLI's --batch-size)
+        self.batch_size = int(batch_size)  # photos per optimisation, with batch_across_photos only
         # False: a photo's faces are optimised apart from other photos', so its pixels never depend
         # on its neighbours (batched kernels are not bit-identical across batch sizes). True: faces
         # of up to batch_size photos share a batch: faster, reproducible only for the same batching.
@@ -60,21 +77,35 @@ class Cloaker:
     def device(self) -> torch.device:
         return self.pipeline.device
 
+    def load_models(self) -> None:
+        """Load the extractors now rather than for the first photo: a model file that its spec does not
+        describe raises ValueError here, a missing model package ModelMissingError."""
+        self.pipeline.extractors  # noqa: B018 - the property loads them
+
     # ------------------------------------------------------------------ public API
     def cloak(self, images, *, target: str = "max", seed=None, mode: str | None = None,
               format: str | None = None, quality: int = 95, candidates: int = 32, on_step=None,
-              **options) -> list[CloakResult]:
+              person=None, judge: bool = False, **options) -> list[CloakResult]:
         """Cloak every face in `images` (paths, PIL images, uint8 RGB arrays, or a list of these).
 
         target: "max" (eq. 3), "average" (§8.2), "none" (untargeted) or a bank identity name.
         seed: an int, or one per image. A photo's pixels depend only on the photo, its seed and
         the settings, never on the other photos of the call (None: a fresh seed per call).
         format/quality: check the budget on the bytes of this encoding (e.g. "jpeg", 90).
+        A target or option that would fail every photo raises ValueError before any photo is read.
+        person: who is in the photos (a str for all, or one per image, None for unknown): the
+        largest faces of one person's photos in the call share one target, as eq. 3 intends.
+        judge: measure how visible each cloak is (butteraugli and SSIMULACRA2 over the face of the saved
+        file, next to the photo's JPEG re-saves) into each FaceReport's `visibility`; needs the judges.
         """
+        if judge:
+            require_judges()
         settings = settings_for(mode or self.mode, **{**self.options, **options})
+        check_ghost(settings.ghost, self.pipeline.extractor_names)
+        check_target(target, self.extractor_names)
         sources = as_list(images)
         seeds = _seeds(seed, len(sources))
-        results, photos = self._load_and_detect(sources, seeds)
+        results, photos = self._load_and_detect(sources, seeds, persons=_per_image(person, len(sources), "person"))
         if photos:
             try:
                 with self._compute:
@@ -83,6 +114,9 @@ class Cloaker:
                 for p in photos:
                     results[p.index] = CloakResult(None, "error", f"{type(e).__name__}: {e}",
                                                    source=results[p.index].source, info=p.info)
+        if judge:
+            for p in photos:
+                judge_result(results[p.index], p.rgb)
         return results
 
     def sybil(self, candidates, user_images, count: int = 1, seed: int | None = None,
@@ -114,9 +148,10 @@ class Cloaker:
     def _load(src):
         return load_image_with_meta(src)
 
-    def _load_and_detect(self, sources, seeds, largest_only=False):
+    def _load_and_detect(self, sources, seeds, largest_only=False, persons=None):
         results, photos = [], []
-        for i, (src, seed) in enumerate(zip(sources, seeds)):
+        persons = persons or [None] * len(sources)
+        for i, (src, seed, person) in enumerate(zip(sources, seeds, persons)):
             name = _source_name(src)
             try:
                 rgb, info = self._load(src)
@@ -126,7 +161,7 @@ class Cloaker:
                 if not faces:
                     results.append(CloakResult(None, "no_face", "no face found", source=name, info=info))
                     continue
-                photos.append(Photo(i, rgb, info, faces, seed=seed))
+                photos.append(Photo(i, rgb, info, faces, seed=seed, person=person))
                 results.append(CloakResult(None, "pending", source=name, info=info))
             except Exception as e:  # noqa: BLE001 - one bad file never sinks the batch
                 results.append(CloakResult(None, "error", f"{type(e).__name__}: {e}", source=name))
@@ -166,6 +201,27 @@ class Cloaker:
             return CloakResult(None, "over_budget", f"no cloak of face(s) {faces} fits the DSSIM budget "
                                f"{settings.rho} on the saved file", reports, source, None, photo.info)
         return CloakResult(done.image, "cloaked", None, reports, source, done.encoded, photo.info)
+
+
+def check_target(target, extractor_names) -> None:
+    """ValueError for a target no photo could be cloaked toward: an identity the target bank does not
+    hold, or a targeted cloak with an extractor it has no features for (use target="none")."""
+    if isinstance(target, dict) or target == "none":  # a dict: explicit features (Sybil images)
+        return
+    bank = load_bank()
+    bank.require(extractor_names)
+    if target not in ("max", "average"):
+        identity_index(bank, target)
+
+
+def _per_image(value, count: int, what: str) -> list:
+    """One value per image: the same scalar (or None) for all, or the caller's list."""
+    if value is None or isinstance(value, str):
+        return [value] * count
+    values = list(value)
+    if len(values) != count:
+        raise ValueError(f"{what}: {len(values)} values given for {count} images")
+    return [None if v is None else str(v) for v in values]
 
 
 def _seeds(seed, count: int) -> list[int]:

@@ -71,7 +71,8 @@ def ray_session(address=None):
     try:
         ray.init(address=address or None)
     except ConnectionError as e:
-        raise RayUnavailable(f"cannot reach a Ray cluster at {address!r}: {e}") from None
+        where = f"reach a Ray cluster at {address!r}" if address else "join or start a Ray cluster"
+        raise RayUnavailable(f"cannot {where}: {e}") from None
     try:
         yield ray
     finally:
@@ -189,7 +190,7 @@ def cloak_jobs_on_ray(jobs: list[Job], options: SaveOptions, *, cloaker_kwargs: 
 
 
 def cloak_paths(paths, output_dir=None, *, address=None, actors: int | None = None, mode: str = "mid",
-                format: str = "png", quality: int = 95, seed=None, extractors=("dlib",), target="max",
+                format: str = "png", quality: int = 95, seed=None, extractors=None, target="max",
                 device=None, overwrite: bool = False, keep_metadata: bool = False, batch_size: int = 16,
                 cpus_per_actor: float = 1, on_row=None, **cloaker_options) -> list[dict]:
     """Cloak files and folders on a Ray cluster, as `fawkes-fast cloak PATH... -o DIR` does
@@ -197,7 +198,7 @@ def cloak_paths(paths, output_dir=None, *, address=None, actors: int | None = No
     each actor's `Cloaker` (e.g. steps=, rho=, diversity=, flip=). Outputs already there are left
     alone ("exists") unless overwrite, so rerunning an interrupted run finishes it."""
     jobs = plan_jobs(paths, output_dir, format, overwrite)
-    cloaker_kwargs = {"mode": mode, "extractors": tuple(extractors), "device": device,
+    cloaker_kwargs = {"mode": mode, "extractors": None if extractors is None else tuple(extractors), "device": device,
                       "batch_size": batch_size, **cloaker_options}
     return cloak_jobs_on_ray(jobs, SaveOptions(format, quality, keep_metadata, overwrite),
                              cloaker_kwargs=cloaker_kwargs, seed=seed, target=target, batch_size=batch_size,

@@ -13,8 +13,9 @@ Its `status` is one of:
 * ``no_face``: no face found; nothing written. Not a failure.
 * ``over_budget``: a face's cloak could not meet the DSSIM budget; nothing written. A failure.
 * ``error``: the photo could not be read, cloaked or written (`error` says why). A failure.
-* ``skipped``: not attempted (`reason`: a symlinked folder, a file named like an output, a
-  duplicate input, a run interrupted before it). Not a failure.
+* ``skipped``: not attempted (`reason`: a symlinked folder, a symlink in a folder that loops or
+  leads nowhere, a file named like an output, a duplicate input, a run interrupted before it).
+  Not a failure.
 * ``exists``: the output is already there (a rerun); left alone unless overwrite. Not a failure.
 
 `reason` says why a row is not ``cloaked``; `error` repeats it for the two failures. `seconds` is
@@ -35,7 +36,8 @@ import numpy as np
 from .io.files import write_atomic
 from .io.images import IMAGE_SUFFIXES, encode_image
 from .io.inputs import Found, find_inputs
-from .io.save import OUTPUT_SUFFIXES, check_not_protected, folder_write_problem, same_file, write_bytes_atomic
+from .io.save import (OUTPUT_SUFFIXES, check_not_protected, folder_write_problem, resolved_path, same_file,
+                      write_bytes_atomic)
 
 STATUSES = ("cloaked", "no_face", "over_budget", "error", "skipped", "exists")
 FAILED = frozenset({"over_budget", "error"})
@@ -69,10 +71,6 @@ class Interrupted(KeyboardInterrupt):
 
 # ----------------------------------------------------------------------------- planning
 
-def _key(path: Path) -> Path:
-    return Path(path).resolve()
-
-
 def _output_folder(found: Found, output_dir) -> Path:
     if output_dir is None:
         return found.path.parent
@@ -86,10 +84,10 @@ def _plain_output(found: Found, output_dir, suffix: str) -> Path:
 def _own_output(plain: Path, source: Path, taken: set) -> Path:
     """For an input whose plain name is shared or is an input: a name derived from its own
     resolved path, so that it stays the same on a rerun whatever else is given."""
-    digest = hashlib.sha1(str(_key(source)).encode()).hexdigest()
+    digest = hashlib.sha1(str(resolved_path(source)).encode()).hexdigest()
     for n in range(8, len(digest) + 1):
         out = plain.with_name(f"{plain.stem}_{digest[:n]}{plain.suffix}")
-        if _key(out) not in taken:
+        if resolved_path(out) not in taken:
             return out
     raise ValueError(f"cannot find a free output name for {source}")
 
@@ -119,7 +117,7 @@ def plan_jobs(paths, output_dir=None, fmt: str = "png", overwrite: bool = False)
     found = find_inputs(paths)
     jobs, first = [], {}
     for f in found:
-        key = _key(f.path)
+        key = resolved_path(f.path)
         if f.skip or f.error:
             jobs.append(Job(f.path, None, "skipped" if f.skip else "error", f.skip or f.error))
         elif key in first:
@@ -129,12 +127,12 @@ def plan_jobs(paths, output_dir=None, fmt: str = "png", overwrite: bool = False)
             jobs.append(Job(f.path, None))
     plain = {i: _plain_output(f, output_dir, OUTPUT_SUFFIXES[fmt]) for i, f in enumerate(found)
              if jobs[i].status is None}
-    claims = Counter(_key(out) for out in plain.values())
+    claims = Counter(resolved_path(out) for out in plain.values())
     taken, problems = set(first) | set(claims), {}
     for i, out in plain.items():
-        shared = claims[_key(out)] > 1 or _key(out) in first
+        shared = claims[resolved_path(out)] > 1 or resolved_path(out) in first
         jobs[i].output = _own_output(out, jobs[i].source, taken) if shared else out
-        taken.add(_key(jobs[i].output))
+        taken.add(resolved_path(jobs[i].output))
         _preset(jobs[i], overwrite, problems)
     return jobs
 
@@ -186,7 +184,7 @@ def save_result(job: Job, result, options: SaveOptions, protect: set, seconds: f
         return make_row(job, "exists", "output already exists", result.faces)
     except (OSError, ValueError) as e:
         return make_row(job, "error", f"cannot write {job.output}: {e}", result.faces)
-    protect.add(_key(job.output))
+    protect.add(resolved_path(job.output))
     return make_row(job, "cloaked", None, result.faces, seconds)
 
 
@@ -218,7 +216,7 @@ def cloak_jobs(cloaker, jobs: list[Job], options: SaveOptions, seed=None, target
             rows[i] = make_row(job, job.status, job.reason)
             if on_row is not None:
                 on_row(rows[i])
-    protect = {_key(j.source) for j in jobs if j.status != "skipped"}
+    protect = {resolved_path(j.source) for j in jobs if j.status != "skipped"}
     todo = [i for i, j in enumerate(jobs) if j.status is None]
     try:
         for start in range(0, len(todo), batch_size):
@@ -232,6 +230,21 @@ def cloak_jobs(cloaker, jobs: list[Job], options: SaveOptions, seed=None, target
 
 def _fill_interrupted(jobs, rows) -> list[dict]:
     return [row if row is not None else make_row(job, "skipped", INTERRUPTED) for job, row in zip(jobs, rows)]
+
+
+def judge_rows(rows: list[dict]) -> None:
+    """Add to each face of each cloaked row how visible its cloak is (`visibility`: butteraugli and
+    SSIMULACRA2 over the face next to the photo's JPEG re-saves, evaluate.judges), measured on the
+    written file against its source as loaded (EXIF orientation applied). Needs the judges."""
+    from .evaluate.judges import judge_face
+    from .io.images import load_image
+
+    for row in rows:
+        if row["status"] != "cloaked" or not row["faces"]:
+            continue
+        original, output = load_image(row["source"]), load_image(row["output"])
+        for face in row["faces"]:
+            face["visibility"] = judge_face(original, output, face["box"]).as_dict()
 
 
 # ----------------------------------------------------------------------------- report

@@ -28,6 +28,9 @@ class FaceReport:
     region_dssim: float | None = None  # the same over the whole region (diluted; for comparison)
     delta_e: float | None = None  # mean CIEDE2000 colour difference (the largest over the budget boxes)
     delta_e_p99: float | None = None  # its 99th percentile (likewise)
+    # with judge=True: butteraugli and SSIMULACRA2 over the face next to the photo's JPEG re-saves, and
+    # the verdict in words (fawkes_fast.evaluate.judges.Visibility.as_dict)
+    visibility: dict | None = None
 
 
 @dataclass

@@ -7,7 +7,9 @@ inherited by the subprocesses tests start.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -47,6 +49,29 @@ def gan_dir() -> Path:
     if not GAN.is_dir():
         pytest.skip("../shared/data/gan-faces is not present")
     return GAN
+
+
+@pytest.fixture
+def cpu_burner():
+    """`with cpu_burner(): ...` runs the block while two other processes keep both cores busy (the busy
+    machine of issue #23; bench/determinism.py's burner, niced so the test still gets the cores it
+    waits for). Each burner stops by itself after 15 minutes, and any left is killed at teardown."""
+    spec = importlib.util.spec_from_file_location("bench_determinism", REPO / "bench" / "determinism.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    started = []
+
+    @contextmanager
+    def burning(processes: int = 2, nice: int = 10):
+        with bench.burning_cpus(processes, seconds=900, nice=nice) as procs:
+            started.extend(procs)
+            yield procs
+
+    yield burning
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def pytest_configure(config):

@@ -282,3 +282,136 @@ def test_ctrl_c_keeps_finished_photos_writes_the_report_and_exits_130(tmp_path, 
     assert rows[-1]["reason"] == "interrupted before it was cloaked"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         os.path.basename(r["output"]) for r in rows if r["status"] == "cloaked")
+
+
+# ----------------------------------------------------------------------------- issue #23: inputs
+
+def test_symlink_loops_get_a_row_and_the_run_goes_on(tmp_path, capsys):
+    """A looping or dangling symlink in a folder is `skipped` with the reason; named as a PATH it is an
+    `error` row. Neither aborts the run (Path.resolve raises RuntimeError on a loop on Python 3.11)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.full((120, 160, 3), 128, np.uint8)).save(src / "wall.png")
+    os.symlink("loop.jpg", src / "loop.jpg")
+    os.symlink("pong.jpg", src / "ping.jpg")
+    os.symlink("ping.jpg", src / "pong.jpg")
+    os.symlink("gone.jpg", src / "dangling.jpg")
+    report = tmp_path / "r.json"
+    assert main(["cloak", str(src), "-o", str(tmp_path / "out"), "--json", str(report)] + FAST) == 0
+    status = {os.path.basename(r["source"]): (r["status"], r["reason"]) for r in _rows(report)}
+    assert status["wall.png"][0] == "no_face"
+    assert all(status[n][0] == "skipped" and "symlink loop" in status[n][1] for n in ("loop.jpg", "ping.jpg", "pong.jpg"))
+    assert status["dangling.jpg"][0] == "skipped" and "gone.jpg" in status["dangling.jpg"][1]
+    capsys.readouterr()
+    assert main(["cloak", str(src / "loop.jpg"), str(src / "dangling.jpg"), str(src / "wall.png"),
+                 "--json", str(report)] + FAST) == 1
+    rows = _rows(report)
+    assert [r["status"] for r in rows] == ["error", "error", "no_face"]
+    assert "symlink loop" in rows[0]["error"] and "gone.jpg" in rows[1]["error"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_summary_escapes_control_characters(tmp_path, capsys):
+    """A file name with an ANSI escape or a newline cannot colour the terminal or break the table."""
+    from fawkes_fast.cli.summary import print_summary
+
+    names = ["red\x1b[31m.jpg", "two\nlines.jpg", "bidi\u202egpj.exe", "bad\udcff.jpg"]
+    rows = [{"source": f"/x/{n}", "output": None, "status": "skipped", "reason": f"about {n}", "error": None,
+             "seconds": None, "faces": []} for n in names]
+    print_summary(rows)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "\udcff" not in out
+    assert "\\x1b[31m" in out and "two\\nlines.jpg" in out
+    assert len(out.strip("\n").splitlines()) == 1 + 2 * len(names) + 1  # head, a row and a reason each, totals
+    (tmp_path / "evil\x1b[31m\n.txt").write_text("x")  # end to end: a skipped file's row
+    Image.fromarray(np.full((120, 160, 3), 128, np.uint8)).save(tmp_path / "wall.png")
+    assert main(["cloak", str(tmp_path)] + FAST) == 0
+    assert "\x1b" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag, address", [(["--ray"], None), (["--ray", "auto"], "auto"),
+                                           (["--ray", "10.0.0.1:6379"], "10.0.0.1:6379")])
+def test_bare_ray_joins_or_starts_a_cluster(photos, tmp_path, monkeypatch, flag, address):
+    """README: `--ray` alone joins RAY_ADDRESS's or this machine's cluster, or else starts one (Ray's
+    address=None); `--ray auto` keeps Ray's meaning (a running cluster is required)."""
+    import fawkes_fast.cli.cloak as cli_cloak
+
+    seen = {}
+
+    def fake_ray_run(jobs, options, **kw):
+        seen.update(kw)
+        return [cli_cloak.make_row(j, "skipped", "not run") for j in jobs]
+
+    monkeypatch.setattr(cli_cloak, "cloak_jobs_on_ray", fake_ray_run)
+    # `--ray` last, as the README writes it, and before a PATH
+    assert main(["cloak", str(photos / "a.jpg"), "-o", str(tmp_path / "out")] + FAST + flag) == 0
+    assert "address" in seen and seen["address"] == address
+    if flag == ["--ray"]:
+        seen.clear()
+        assert main(["cloak", "--ray", "-o", str(tmp_path / "out"), str(photos / "a.jpg")] + FAST) == 0
+        assert seen["address"] is None
+
+
+# ----------------------------------------------------------------------------- issue #23: checks first
+
+def _model_file(folder, spec=True, dim=128):
+    from test_onnx_import import README_SPEC, face_model_file
+
+    return face_model_file(folder, dim=dim, spec={**README_SPEC, "embedding_dim": 128} if spec else None)
+
+
+@pytest.mark.parametrize("case", ["unknown extractor", "unknown target", "model without spec", "spec mismatch",
+                                  "model file targeted", "ghost without dlib"])
+def test_bad_arguments_are_checked_before_any_photo(photos, tmp_path, capsys, cloak_calls, case):
+    """Each of these used to give one `error` row per photo and exit 1: they are usage errors (exit 2),
+    found before any photo is cloaked, said in one line."""
+    model = tmp_path / "models"
+    model.mkdir()
+    args, said = {
+        "unknown extractor": lambda: (["--extractor", "bogus"], "bogus"),
+        "unknown target": lambda: (["--target", "Nobody_At_All"], "Nobody_At_All"),
+        "model without spec": lambda: (["--extractor", str(_model_file(model, spec=False)), "--target", "none"],
+                                       "tiny.json"),
+        "spec mismatch": lambda: (["--extractor", str(_model_file(model, dim=64)), "--target", "none"], "embedding_dim"),
+        "model file targeted": lambda: (["--extractor", str(_model_file(model))], "target='none'"),
+        "ghost without dlib": lambda: (["--extractor", "sface", "--ghost", "0.1"], "ghost"),
+    }[case]()
+    report = tmp_path / "r.json"
+    assert main(["cloak", str(photos), "--json", str(report)] + args + FAST) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert cloak_calls == [] and not report.exists() and not (photos / "a_cloaked.png").exists()
+
+
+def test_a_model_file_with_its_spec_cloaks_untargeted(photos, tmp_path):
+    model = tmp_path / "models"
+    model.mkdir()
+    report = tmp_path / "r.json"
+    assert main(["cloak", str(photos / "a.jpg"), "-o", str(tmp_path / "out"), "--extractor", str(_model_file(model)),
+                 "--target", "none", "--json", str(report)] + FAST) == 0
+    assert [r["status"] for r in _rows(report)] == ["cloaked"]
+
+
+def test_ghost_thins_dlib_and_leaves_sface_whole(photos, tmp_path):
+    """A joint dlib + SFace cloak with --ghost: dlib is thinned, SFace (an imported graph) stays whole;
+    every photo used to fail."""
+    report = tmp_path / "r.json"
+    assert main(["cloak", str(photos / "a.jpg"), "-o", str(tmp_path / "out"), "--extractor", "dlib",
+                 "--extractor", "sface", "--ghost", "0.1", "--json", str(report)] + FAST) == 0
+    (row,) = _rows(report)
+    assert row["status"] == "cloaked" and set(row["faces"][0]["distances"]) == {"dlib", "sface"}
+
+
+def test_evaluate_report_without_matplotlib_fails_first(tmp_path, capsys, monkeypatch):
+    """`evaluate --report` needs the `eval` extra: without matplotlib it says so (exit 2) before any work,
+    where it used to do all the work, print the table, and then exit 1 without a report."""
+    import fawkes_fast.evaluate.user_check as user_check
+
+    calls = []
+    monkeypatch.setattr(user_check, "check", lambda *a, **k: calls.append(a) or (_ for _ in ()).throw(ValueError("ran")))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    report = tmp_path / "report.html"
+    assert main(["evaluate", "--original", str(tmp_path), "--cloaked", str(tmp_path), "--report", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert 'fawkes_fast[eval]' in err and "matplotlib" in err and "Traceback" not in err
+    assert calls == [] and not report.exists()

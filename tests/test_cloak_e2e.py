@@ -45,7 +45,7 @@ def photos(lfw_dir):
 
 @pytest.fixture(scope="module")
 def cloaker():
-    return fawkes_fast.Cloaker(mode="mid", device="cpu")
+    return fawkes_fast.Cloaker(mode="paper", device="cpu")  # the DSSIM budget these tests check
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_cloak_moves_native_dlib_toward_target(png_results, photos):
 
 
 def test_budget_holds_on_saved_png_and_jpeg(cloaker, photos, png_results):
-    rho = fawkes_fast.MODES["mid"].rho
+    rho = fawkes_fast.MODES["paper"].rho
     from fawkes_fast.faces.budget import budget_boxes, whole_boxes
     from fawkes_fast.io.images import decode_image, encode_image
 
@@ -105,12 +105,13 @@ def test_pixels_outside_faces_unchanged(png_results, photos):
         assert not np.array_equal(res.image, orig)
 
 
-def test_same_seed_same_bytes(cloaker, photos, png_results):
-    again = cloaker.cloak(photos, seed=7, format="png")
+def test_same_seed_same_bytes(cloaker, photos, png_results, cpu_burner):
+    with cpu_burner():  # a busy machine (issue #23)
+        again = cloaker.cloak(photos, seed=7, format="png")
     assert [r.encoded for r in again] == [r.encoded for r in png_results]
 
 
-def test_threads_share_one_cloaker(cloaker, photos):
+def test_threads_share_one_cloaker(cloaker, photos, cpu_burner):
     one = cloaker.cloak(photos[0], seed=3, format="png", steps=8)[0].encoded
     out = [None] * 8
 
@@ -118,10 +119,11 @@ def test_threads_share_one_cloaker(cloaker, photos):
         out[i] = cloaker.cloak(photos[0], seed=3, format="png", steps=8)[0].encoded
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with cpu_burner():  # a busy machine (issue #23)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert all(o == one for o in out)
 
 
@@ -173,3 +175,15 @@ def test_faces_of_two_sizes_in_one_padded_batch(cloaker, photos, monkeypatch):
         assert 0 < f.dssim <= 0.007
         before, after = f.distances["dlib"]["to_target"]
         assert after < before
+
+
+def test_the_default_mode_moves_native_dlib_further_than_the_paper_budget(photos, png_results):
+    """`mid` (a JND-masked luma change) is chosen to protect: it must move dlib's own pipeline further
+    from the clean face than the paper's DSSIM budget does, and change R, G and B alike (luma only)."""
+    mid = fawkes_fast.Cloaker(mode="mid", device="cpu").cloak(photos, seed=7, format="png")
+    for m, p, orig in zip(mid, png_results, photos):
+        assert m.status == "cloaked", m.error
+        clean = native_descriptor(orig)
+        assert clean @ native_descriptor(m.image) < clean @ native_descriptor(p.image)
+        d = m.image.astype(np.int16) - orig
+        assert np.abs(d[..., 0] - d[..., 1]).max() <= 1 and np.abs(d[..., 1] - d[..., 2]).max() <= 1  # rounding

@@ -100,3 +100,41 @@ def test_fifty_megapixel_photo_memory_bounded(cloaker, face):
     # the input itself is 200 MB; the cloak works on a capped crop, so growth stays a few copies
     assert peak_mb < 2000, peak_mb
     print(f"67 MP photo: peak RSS growth {peak_mb:.0f} MB")
+
+
+# --- bad arguments: a clear error when the Cloaker is built or called, never one error row per photo
+
+def test_bad_arguments_raise_when_the_cloaker_is_built(tmp_path):
+    with pytest.raises(ValueError, match="'bogus'.*built-ins are dlib"):
+        fawkes_fast.Cloaker(extractors=("bogus",))
+    (tmp_path / "mine.onnx").write_bytes(b"not read yet")
+    with pytest.raises(FileNotFoundError, match="mine.json"):
+        fawkes_fast.Cloaker(extractors=(str(tmp_path / "mine.onnx"),))
+    with pytest.raises(ValueError, match="ghost"):
+        fawkes_fast.Cloaker(extractors=("sface",), ghost=0.1)
+    fawkes_fast.Cloaker(extractors=("dlib", "sface"), ghost=0.1)  # dlib is thinned, SFace stays whole
+
+
+def test_bad_call_arguments_raise_before_any_photo(cloaker, face):
+    with pytest.raises(ValueError, match="Nobody_At_All"):
+        cloaker.cloak(face, target="Nobody_At_All", **FAST)
+    with pytest.raises(ValueError, match="ghost"):
+        fawkes_fast.Cloaker(extractors=("sface",)).cloak(face, ghost=0.1, **FAST)
+
+
+def test_batch_size_groups_photos_only_across_photos(face, monkeypatch):
+    """Cloaker(batch_size=N): by default each photo's faces are optimised on their own whatever N (its
+    pixels never depend on its batch-mates); with batch_across_photos=True, the faces of up to N
+    consecutive photos of a call share one optimisation."""
+    import fawkes_fast.cloaker as cloaker_mod
+
+    sizes, real = [], cloaker_mod.optimise
+    monkeypatch.setattr(cloaker_mod, "optimise", lambda exts, x0, *a, **k: sizes.append(len(x0)) or real(exts, x0, *a, **k))
+    photos = [face, face.copy(), face.copy()]
+    alone = fawkes_fast.Cloaker(batch_size=2).cloak(photos, steps=1, seed=0)
+    assert sizes == [1, 1, 1]
+    sizes.clear()
+    fawkes_fast.Cloaker(batch_size=2, batch_across_photos=True).cloak(photos, steps=1, seed=0)
+    assert sizes == [2, 1]
+    one = fawkes_fast.Cloaker(batch_size=1).cloak(photos[:1], steps=1, seed=0)
+    assert np.array_equal(alone[0].image, one[0].image)

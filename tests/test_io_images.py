@@ -221,6 +221,27 @@ def test_bad_files(tmp_path):
         load_image(12345)
 
 
+def _jpeg_header_claiming(w: int, h: int, **save) -> bytes:
+    """A 16x16 JPEG whose frame header (SOF) was edited to say w x h."""
+    jpeg = bytearray(_bytes(Image.new("RGB", (16, 16), (200, 100, 50)), "JPEG", **save))
+    sof = max(jpeg.find(b"\xff\xc0"), jpeg.find(b"\xff\xc2"))
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", h, w)
+    return bytes(jpeg)
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_too_short_for_its_declared_size_is_corrupt(progressive):
+    """libjpeg paints what a short scan lacks grey, without an error: the size check refuses it."""
+    with pytest.raises(ImageError, match="too short for the 1999x2001 frame"):
+        load_image(_jpeg_header_claiming(1999, 2001, progressive=progressive))
+    rng = np.random.default_rng(3)
+    for img in (Image.new("RGB", (2000, 2000), (200, 100, 50)), Image.new("L", (1200, 900), 128),
+                Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8))):
+        for quality in (1, 95):  # honest files pass, however flat and however compressed
+            data = _bytes(img, "JPEG", quality=quality, progressive=progressive)
+            assert load_image(data).shape[:2] == img.size[::-1]
+
+
 def test_max_pixels_allows_50mp(monkeypatch):
     assert MAX_PIXELS >= 60_000_000
     hdr = _png_header_claiming(8700, 5800)     # 50 MP header: passes the guard, then

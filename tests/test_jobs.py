@@ -159,3 +159,30 @@ def test_report_path_checked_and_written_atomically(tmp_path):
     write_report(report, [{"status": "cloaked", "dssim": np.float32(0.5)}])
     assert json.loads(report.read_text()) == [{"status": "cloaked", "dssim": 0.5}]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["face.json", "face.png", "r.json"]
+
+
+def test_symlink_loops_and_dangling_links_get_rows(tmp_path):
+    """A symlink loop (Path.resolve raises RuntimeError on Python 3.11) or a link to nothing never
+    aborts the run: in a folder it is skipped with the reason, named as an input it is an error row."""
+    root = tmp_path / "in"
+    _photo(root / "face.png")
+    os.symlink("loop.jpg", root / "loop.jpg")
+    os.symlink("pong.jpg", root / "ping.jpg")
+    os.symlink("ping.jpg", root / "pong.jpg")
+    os.symlink("gone.jpg", root / "dangling.jpg")
+    jobs = plan_jobs([root, root / "loop.jpg", root / "dangling.jpg"], tmp_path / "out")
+    rows = cloak_jobs(FakeCloaker(), jobs, SaveOptions())
+    by_name = {}
+    for r in rows:
+        by_name.setdefault(os.path.basename(r["source"]), []).append((r["status"], r["reason"]))
+    assert by_name["face.png"] == [("cloaked", None)]
+    for name in ("loop.jpg", "ping.jpg", "pong.jpg"):
+        assert by_name[name][0][0] == "skipped" and "symlink loop" in by_name[name][0][1]
+    assert by_name["dangling.jpg"][0][0] == "skipped" and "gone.jpg" in by_name["dangling.jpg"][0][1]
+    # the same links named explicitly: errors (the file asked for cannot be read), still one row each
+    assert by_name["loop.jpg"][1][0] == "error" and "symlink loop" in by_name["loop.jpg"][1][1]
+    assert by_name["dangling.jpg"][1][0] == "error" and "gone.jpg" in by_name["dangling.jpg"][1][1]
+    report = tmp_path / "r.json"
+    check_report_path(report, [j.source for j in jobs])
+    write_report(report, rows, protect=[j.source for j in jobs])
+    assert len(json.loads(report.read_text())) == len(jobs) == 7

@@ -338,3 +338,43 @@ def test_face_spec_json_roundtrip_and_wrapper(tmp_path):
                                "channel_order": "RGB", "embedding_dim": 128}))
     with pytest.raises(ValueError, match="template"):
         OnnxFaceSpec.from_json(bad)
+
+
+# --- the spec checked against the model when it loads -------------------------------------------
+
+#: the README's sample spec ("Bring your own model")
+README_SPEC = {"input_size": 112, "template": "arcface", "mean": [127.5, 127.5, 127.5],
+               "std": [128.0, 128.0, 128.0], "channel_order": "RGB", "embedding_dim": 512}
+
+
+def face_model_file(folder, dim: int = 128, side: int | None = None, spec: dict | None = None):
+    """A tiny face model, `folder/tiny.onnx`: a 1x1 conv to `dim` channels, then global pooling (any
+    input size), or with `side` a Gemm that takes only side x side inputs; its spec beside it when given."""
+    if side is None:
+        nodes = [h.make_node("Conv", ["x", "W"], ["c"]), h.make_node("GlobalAveragePool", ["c"], ["p"]),
+                 h.make_node("Flatten", ["p"], ["y"])]
+        inits = {"W": _f32(dim, 3, 1, 1, scale=0.01)}
+    else:
+        nodes = [h.make_node("Flatten", ["x"], ["f"]), h.make_node("Gemm", ["f", "Wg"], ["y"], transB=1)]
+        inits = {"Wg": _f32(dim, 3 * side * side, scale=0.001)}
+    path = folder / "tiny.onnx"
+    onnx.save(_model(nodes, [_vi("x", ["N", 3, side or "H", side or "W"])], [_vi("y", ["N", dim])], inits), str(path))
+    if spec is not None:
+        (folder / "tiny.json").write_text(json.dumps(spec))
+    return path
+
+
+def test_spec_is_checked_against_the_model_when_it_loads(tmp_path):
+    """A 128-d model under the README's sample spec (512) fails at load, naming the field, not per photo
+    with a tensor shape error; so does a model that cannot take the spec's input size."""
+    from fawkes_fast.extractors import load
+
+    path = face_model_file(tmp_path, dim=128, spec=README_SPEC)
+    with pytest.raises(ValueError, match=r"embedding_dim.*512.*128"):
+        load(path)
+    (tmp_path / "tiny.json").write_text(json.dumps({**README_SPEC, "embedding_dim": 128}))
+    ext = load(path)
+    assert (ext.name, ext.dim, ext.chip_size) == ("tiny", 128, 112)
+    fixed = face_model_file(tmp_path, dim=128, side=96, spec={**README_SPEC, "embedding_dim": 128})
+    with pytest.raises(ValueError, match="input_size.*112"):
+        load(fixed)

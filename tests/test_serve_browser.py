@@ -2,7 +2,9 @@
 
 Uploads the bundled astronaut, waits for the result, checks the before/after images and that the
 downloaded file is a valid cloaked image; then a faceless image and its plain-language message.
-Skips only where no browser is installed. Set FAWKES_SERVE_SCREENSHOT=PATH to save the page.
+The page runs under its Content-Security-Policy (its inline script and style allowed by hash), and
+its zip marks names as UTF-8 and carries dates. Skips only where no browser is installed.
+Set FAWKES_SERVE_SCREENSHOT=PATH to save the page.
 """
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ import io
 import os
 import shutil
 import time
+import urllib.request
 import zipfile
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +55,7 @@ def browser(tmp_path):
     for flag in FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path / 'profile'}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # CSP violations are logged there
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
@@ -88,9 +93,11 @@ def wait_for_file(folder: Path, suffix: str) -> Path:
 
 
 def test_page_cloaks_the_astronaut_and_explains_a_faceless_photo(server, browser, tmp_path):
-    photo, faceless = tmp_path / "astronaut.png", tmp_path / "gradient.png"
+    photo, faceless = tmp_path / "astronaut é.png", tmp_path / "gradient.png"  # a name that needs UTF-8
     photo.write_bytes(astronaut_png(256))
     faceless.write_bytes(gradient_png())
+    with urllib.request.urlopen(server.url + "/") as r:  # what follows runs under this policy
+        assert "script-src 'sha256-" in r.headers["Content-Security-Policy"]
     browser.get(server.url + "/")
     browser.find_element(By.CSS_SELECTOR, "#mode option[value=low]").click()
 
@@ -106,15 +113,20 @@ def test_page_cloaks_the_astronaut_and_explains_a_faceless_photo(server, browser
     assert "DSSIM" in card.find_element(By.CSS_SELECTOR, ".faces").text
     card.find_element(By.CSS_SELECTOR, "a.download").click()
     saved = wait_for_file(browser.downloads, ".png")
-    assert saved.name == "astronaut_cloaked.png"
+    assert saved.name == "astronaut é_cloaked.png"
     cloaked = np.asarray(Image.open(saved).convert("RGB")).astype(int)
     original = np.asarray(Image.open(io.BytesIO(photo.read_bytes())).convert("RGB")).astype(int)
     assert cloaked.shape == original.shape and 0 < np.abs(cloaked - original).max() < 255
 
     browser.find_element(By.ID, "zip").click()  # the zip is built in the page
     with zipfile.ZipFile(wait_for_file(browser.downloads, ".zip")) as z:
-        assert z.namelist() == ["astronaut_cloaked.png"] and z.testzip() is None
-        assert z.read("astronaut_cloaked.png") == saved.read_bytes()
+        assert z.namelist() == ["astronaut é_cloaked.png"] and z.testzip() is None
+        assert z.read("astronaut é_cloaked.png") == saved.read_bytes()
+        entry = z.infolist()[0]
+        assert entry.flag_bits & 0x800, "the name must be marked as UTF-8"
+        assert abs(datetime(*entry.date_time) - datetime.now()).total_seconds() < 3600, entry.date_time
+    blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
+    assert not blocked, blocked
     if os.environ.get("FAWKES_SERVE_SCREENSHOT"):
         browser.execute_script("window.scrollTo(0, 0)")
         browser.save_screenshot(os.environ["FAWKES_SERVE_SCREENSHOT"])

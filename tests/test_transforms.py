@@ -64,7 +64,7 @@ def test_diversify_keeps_shape_range_and_is_seeded():
 def test_settings_accept_transfer_options():
     from fawkes_fast.optimize.modes import settings_for
 
-    s = settings_for("mid", diversity=1.0, flip=True, blur_copy=1.5)
+    s = settings_for("paper", diversity=1.0, flip=True, blur_copy=1.5)
     assert s.diversity == 1.0 and s.flip and s.blur_copy == 1.5 and s.rho == 0.007
     with pytest.raises(TypeError):
         settings_for("mid", divesity=1.0)

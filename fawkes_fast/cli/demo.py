@@ -19,12 +19,19 @@ def add_parser(sub) -> None:
 
 
 def _print_face_figures(report: Path) -> None:
-    """What a person would see: the face's DSSIM over its box (the budget) and its colour change."""
+    """What a person would see: the face's DSSIM over its box, its colour change and, when it was
+    judged, how visible it is next to re-saving the photo as JPEG, in plain words."""
     for row in json.loads(report.read_text()) if report.exists() else []:
         for f in row.get("faces") or []:
-            if f.get("delta_e") is not None:
-                print(f"face at {[round(v) for v in f['box']]}: DSSIM over the face box {f['dssim']:.4f}, "
-                      f"mean colour difference ΔE2000 {f['delta_e']:.2f} (99th percentile {f['delta_e_p99']:.2f})")
+            if f.get("delta_e") is None:
+                continue
+            print(f"face at {[round(v) for v in f['box']]}: DSSIM over the face box {f['dssim']:.4f}, "
+                  f"mean colour difference ΔE2000 {f['delta_e']:.2f} (99th percentile {f['delta_e_p99']:.2f})")
+            v = f.get("visibility")
+            if v:
+                q70 = v["resaves"]["70"]
+                print(f"  how visible: {v['in_words']} (butteraugli {v['butteraugli']:.2f}, SSIMULACRA2 "
+                      f"{v['ssimulacra2']:.1f}; the photo re-saved as JPEG q70: {q70[0]:.2f}, {q70[1]:.1f})")
 
 
 def cmd_demo(args) -> int:
@@ -38,8 +45,8 @@ def cmd_demo(args) -> int:
     if not args.json_report:
         args.json_report = str(out / "report.json")
     code = cmd_cloak(args)
-    _print_face_figures(Path(args.json_report))
     cloaked = out / f"astronaut_cloaked{OUTPUT_SUFFIXES[args.format]}"
+    _print_face_figures(Path(args.json_report))
     if cloaked.exists():
         side = np.concatenate([data.astronaut(), load_image(cloaked)], axis=1)
         save_image_atomic(out / "astronaut_side_by_side.png", side, overwrite=True)

@@ -7,6 +7,7 @@ with before/after thumbnails and a plot of the feature shift per photo.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -25,7 +26,7 @@ def add_parser(subparsers):
     p.add_argument("--original", required=True, metavar="DIR", help="folder of your original photos")
     p.add_argument("--cloaked", required=True, metavar="DIR", help="folder of their cloaked versions (x.jpg -> x_cloaked.png)")
     p.add_argument("--extractor", action="append", dest="extractors", metavar="NAME",
-                   help="dlib or sface (repeatable; default dlib)")
+                   help="dlib, sface, dlib-robust or facenet (those the target bank holds; repeatable; default dlib)")
     p.add_argument("--population", type=int, default=100, help="other identities the simulated tracker knows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", metavar="PATH", help="write report.html or report.md (thumbnails + plot)")
@@ -104,7 +105,19 @@ def write_report(path, pairs, results, text_table: str) -> None:
     _write_text(path, "\n".join(lines) + "\n")
 
 
+def require_eval_extra(report: bool) -> None:
+    """The `eval` extra, checked before any work: scikit-learn always, matplotlib for --report (it
+    used to fail after the whole evaluation, with the table printed and no report)."""
+    needed = {"sklearn": "scikit-learn", **({"matplotlib": "matplotlib"} if report else {})}
+    missing = [pip for module, pip in needed.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        what = "--report needs" if missing == ["matplotlib"] else "evaluate needs"
+        raise UsageError(f"{what} {' and '.join(missing)}, from the eval extra: "
+                         f"pip install \"fawkes_fast[eval]\" (or pip install {' '.join(missing)})")
+
+
 def run(args) -> int:
+    require_eval_extra(bool(args.report))
     from ..evaluate.user_check import check, table
 
     try:

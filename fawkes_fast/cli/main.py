@@ -1,6 +1,6 @@
 """`fawkes-fast`: cloak photos, run the demo, check your protection, build models, serve.
 
-    fawkes-fast cloak PATH... [-o DIR] [--mode low|mid|high] [--format png|jpeg|webp] ...
+    fawkes-fast cloak PATH... [-o DIR] [--mode low|mid|high|paper] [--format png|jpeg|webp] ...
     fawkes-fast demo [-o DIR]
     fawkes-fast evaluate --original DIR --cloaked DIR [--extractor NAME ...] [--report PATH]
     fawkes-fast models build | train-robust

@@ -1,6 +1,7 @@
 """Measuring recognisers and protection: LFW verification, native trackers, the seeded protection
 protocol (protocol.py), tracker-side countermeasures, reports, the user's own check (user_check.py),
-and an independent check of a saved cloak's visibility (budget.py)."""
+an independent check of a saved cloak's DSSIM and colour (budget.py), and the visibility judges,
+butteraugli and SSIMULACRA2 next to JPEG re-saves (judges.py; never used by the optimiser)."""
 from __future__ import annotations
 
 __all__ = ["NativeDlib", "NativeSFace", "NativeFaceNet", "Config", "Scenario", "run_scenario", "scenarios", "check"]

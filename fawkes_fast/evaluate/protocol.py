@@ -169,7 +169,9 @@ def cloak_photos(paths: list[Path], spec: dict, seed: int, steps: int | None = N
     A photo the cloaker could not cloak is uploaded as it is (counted in info['failed'])."""
     from fawkes_fast.io.images import decode_image, load_image
 
-    opts = {k: v for k, v in spec.items() if k not in ("extractors", "mode", "target")}
+    opts = {k: v for k, v in spec.items() if k not in ("extractors", "mode", "target", "person")}
+    # "person": the user's photos are one person's (eq. 3 per user: they share one target)
+    person = paths[0].parent.name if spec.get("person") and paths else None
     if steps is not None:
         opts["steps"] = steps
     key = hashlib.sha1(json.dumps([[str(p) for p in paths], spec, opts, seed, _engine_version(),
@@ -180,7 +182,7 @@ def cloak_photos(paths: list[Path], spec: dict, seed: int, steps: int | None = N
     if not meta.is_file():
         cl = _cloaker(spec["extractors"], spec["mode"])
         t0 = time.perf_counter()
-        res = cl.cloak([str(p) for p in paths], seed=seed, target=spec["target"], format="png", **opts)
+        res = cl.cloak([str(p) for p in paths], seed=seed, target=spec["target"], format="png", person=person, **opts)
         secs = time.perf_counter() - t0
         errors = [f"{r.source}: {r.error}" for r in res if r.status == "error"]
         if errors:  # a broken install or model must fail the run, not pass as 0% protection
@@ -192,6 +194,7 @@ def cloak_photos(paths: list[Path], spec: dict, seed: int, steps: int | None = N
             if r.status == "cloaked":
                 (folder / f"{i}.png").write_bytes(r.encoded)
         info = {"seconds": secs, "status": status, "target": next((f.target for r in res for f in r.faces), None),
+                "targets": [r.faces[0].target if r.faces else None for r in res],
                 "dssim": [max((f.dssim for f in r.faces), default=None) for r in res],
                 "errors": [r.error for r in res if r.error]}
         meta.write_text(json.dumps(info))
@@ -271,11 +274,17 @@ def _uploads(sc: Scenario, cfg: Config, ui: int, paths: list[Path], tr_idx, n_le
 
 
 def _budget(paths: list[Path], imgs: list, status: list[str]) -> dict:
-    """Visibility of the user's cloaks (evaluate.budget: skimage over dlib's own boxes)."""
-    from . import budget
+    """Visibility of the user's cloaks: skimage over dlib's own boxes (evaluate.budget) and, where they
+    are installed, the judges (evaluate.judges) over each face next to the photo's JPEG re-saves."""
+    from . import budget, judges
 
-    checks = [budget.check(str(p), img, p.stem) for p, img, s in zip(paths, imgs, status) if s == "cloaked"]
-    return budget.summary(checks)
+    pairs = [(budget.decode(str(p)), img, p.stem) for p, img, s in zip(paths, imgs, status) if s == "cloaked"]
+    checks = [budget.check(orig, img, name) for orig, img, name in pairs]
+    out = budget.summary(checks)
+    if not judges.missing():
+        out["judged"] = [judges.judge_face(orig, img, c.faces[0].box).as_dict()
+                         for (orig, img, _), c in zip(pairs, checks) if c.faces]
+    return out
 
 
 def _score(sc, cfg, tr, feats: dict, others, user, tr_idx, te_idx, n_leak, up, sybil, rng) -> dict:
@@ -349,10 +358,14 @@ def run_scenario(sc: Scenario, cfg: Config, log=print) -> dict:
 
 def _budget_summary(rows: list[dict]) -> dict:
     """Per-user budget figures pooled: worst box DSSIM and p99 ΔE, mean of the users' mean ΔE."""
+    from . import judges
+
     rows = [r for r in rows if r.get("faces")]
     if not rows:
         return {"faces": 0}
-    return {"faces": sum(r["faces"] for r in rows), "box_dssim_max": max(r["box_dssim_max"] for r in rows),
+    judged = [f for r in rows for f in r.get("judged", [])]
+    return {"judges": judges.summary(judged), "faces": sum(r["faces"] for r in rows),
+            "box_dssim_max": max(r["box_dssim_max"] for r in rows),
             "box_dssim_mean": float(np.mean([r["box_dssim_mean"] for r in rows])),
             "mean_de": float(np.average([r["mean_de_mean"] for r in rows], weights=[r["faces"] for r in rows])),
             "p99_de_max": max(r["p99_de_max"] for r in rows)}

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from . import builtins as _builtins  # noqa: F401  (registers dlib, sface, dlib-robust, facenet)
 from .base import Extractor
-from .loading import cached_builtin, load_builtin, load_file
+from .loading import UnknownExtractor, cached_builtin, check_file, load_builtin, load_file
 from .registry import BuiltinLoader, builtin, builtin_names, is_builtin, register_builtin
 
-__all__ = ["Extractor", "load", "build_builtin", "register_builtin", "BuiltinLoader", "builtin", "builtin_names",
-           "is_builtin"]
+__all__ = ["Extractor", "load", "check", "build_builtin", "register_builtin", "BuiltinLoader", "builtin",
+           "builtin_names", "is_builtin", "UnknownExtractor"]
 
 
 def load(name_or_path, device=None, spec=None) -> Extractor:
@@ -33,6 +33,19 @@ def load(name_or_path, device=None, spec=None) -> Extractor:
     if is_builtin(str(name_or_path)):
         return load_builtin(str(name_or_path), device)
     return load_file(Path(name_or_path), spec=spec).to(device)
+
+
+def check(name_or_path, spec=None) -> str:
+    """Raise now what `load` would raise before running a model (an unknown name: UnknownExtractor, a
+    ValueError; a missing or unsupported model file; a missing or bad spec), without loading one.
+    Returns the name the extractor will have (a model file's is its stem)."""
+    if isinstance(name_or_path, Extractor):
+        return name_or_path.name
+    if is_builtin(str(name_or_path)):
+        return str(name_or_path)
+    path = Path(name_or_path)
+    check_file(path, spec)
+    return path.stem
 
 
 def build_builtin(name: str, force: bool = False) -> Path:

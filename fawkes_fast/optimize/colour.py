@@ -43,4 +43,7 @@ def colour_excess(de: torch.Tensor, boxes: torch.Tensor, mean_cap: float, peak_c
     means = box_means(de, boxes).amax(1)
     first = boxes[:, 0]
     area = ((first[:, 2] - first[:, 0]) * (first[:, 3] - first[:, 1])).clamp_min(1)
-    return torch.relu(means - mean_cap) + torch.relu(de - peak_cap).sum((1, 2)) / area
+    # row sums, then their sum: one face's whole map in one reduction would be split among threads,
+    # and the partial sums' order would follow the thread count (issue #23); a row is one thread's
+    peaks = torch.relu(de - peak_cap).sum(2).sum(1)
+    return torch.relu(means - mean_cap) + peaks / area

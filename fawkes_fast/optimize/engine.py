@@ -26,8 +26,9 @@ from .. import ops
 from ..faces.warp import warp_batch
 from ..faces.budget import boxes_dssim
 from .colour import colour_excess, delta_e76, rgb_to_lab
-from .ghost import Ghost
+from .ghost import thin
 from .modes import Settings
+from .shapes import make_shape
 from .transforms import diversify, gaussian_blur, jitter_mats
 
 
@@ -133,12 +134,11 @@ class _Problem:
             n = torch.tensor(own, device=dev)[:, None]
             self.inside = ((ramp < n)[:, :, None] & (ramp < n)[:, None, :])[:, None]  # (B, 1, S, S)
         self.grey = torch.tensor(gray if gray is not None else [False] * B, device=dev)
+        self.shape = make_shape(settings.shape, x0, self.grey, settings.strength, settings.chroma)
         with torch.no_grad():
             self.lab0 = rgb_to_lab(x0) if settings.colour_penalty > 0 else None
             self.d0 = self._start_distances(clean)  # measured on the whole models, before any thinning
-        self.ghosts = [Ghost(e, settings.ghost) for e in exts] if settings.ghost > 0 else []
-        if self.ghosts:
-            self.exts = [g.extractor for g in self.ghosts]
+        self.exts, self.ghosts = thin(exts, settings.ghost)  # the models that can be thinned; the rest whole
 
     def _start_distances(self, clean):
         """Targeted: each extractor's distance is measured in units of where it started.
@@ -151,16 +151,16 @@ class _Problem:
                           blur_copy=self.s.blur_copy).clamp_min(1e-6)
 
     def start(self) -> torch.Tensor:
-        """The first iterate: the crops, or for untargeted cloaks a tiny seeded shake of them
-        (at x0 itself the untargeted loss has a zero gradient)."""
+        """The first iterate of the shape's parameter: no change, or for untargeted cloaks a tiny
+        seeded shake (at x0 itself the untargeted loss has a zero gradient)."""
         if not self.untargeted:
-            return self.x0
+            return self.shape.start(None)
         side = self.x0.shape[-1]
         own = self.sizes if self.sizes is not None else [side] * len(self.gens)
         # drawn at each face's own size: its start does not depend on its batch-mates' sizes
         noise = torch.stack([F.pad(torch.rand(3, n, n, generator=g) * 2 - 1, (0, side - n, 0, side - n))
                              for g, n in zip(self.gens, own)])
-        return (self.x0 + noise.to(self.x0.device)).clamp(0, 255)
+        return self.shape.start(noise.to(self.x0.device))
 
     def budget_terms(self, xa, idx, rows):
         """Per face: DSSIM (the largest over its budget boxes and its whole crop: the boxes are the
@@ -176,11 +176,12 @@ class _Problem:
         de = delta_e76(rgb_to_lab(xa), self.lab0.index_select(0, idx))
         return dss, colour_excess(de, boxes, self.s.colour_mean, self.s.colour_peak)
 
-    def forward(self, xs, idx, rows):
+    def forward(self, ps, idx, rows):
         """(feature loss, DSSIM, distances, gradient) of the faces `idx` (also as a list, `rows`),
-        whose crops are `xs`."""
+        whose shape parameters are `ps` (the gradient is with respect to them)."""
         s = self.s
-        xa = xs.detach().requires_grad_(True)
+        pa = ps.detach().requires_grad_(True)
+        xa = self.shape.image(pa, idx)
         gens = [self.gens[i] for i in rows] if s.random_each_step else None
         for g in self.ghosts:
             g.gens = gens
@@ -190,9 +191,8 @@ class _Problem:
         feat = (dist / self.d0.index_select(1, idx)).sum(0)
         dss, colour = self.budget_terms(xa, idx, rows)
         loss = feat + s.penalty * torch.relu(dss - self.rho) + s.colour_penalty * colour
-        (g,) = torch.autograd.grad(loss.sum(), xa)
-        grey = self.grey.index_select(0, idx)[:, None, None, None]  # a grey photo's cloak stays grey
-        g = torch.where(grey, g.mean(1, keepdim=True).expand_as(g), g)
+        (g,) = torch.autograd.grad(loss.sum(), pa)
+        g = self.shape.tie(g, idx)
         if self.sizes is not None:  # padding is not the photo's: it never moves
             g = g * self.inside.index_select(0, idx)
         return feat.detach(), dss.detach(), dist.detach(), g
@@ -216,8 +216,9 @@ def optimise(exts, x0: torch.Tensor, mats: list[torch.Tensor], targets: list[tor
     zero-padded to one (FaceBatch.select): face i's own side, which its budget and gradient keep to.
     """
     problem = _Problem(exts, x0, mats, targets, settings, untargeted, seeds, clean, boxes, gray, sizes)
-    w = ops.image_to_tanh(problem.start(), 0.0, 255.0)
-    x = ops.tanh_to_image(w, 0.0, 255.0).contiguous()
+    lo, hi = problem.shape.lo, problem.shape.hi
+    w = ops.image_to_tanh(problem.start(), lo, hi)
+    x = ops.tanh_to_image(w, lo, hi).contiguous()  # the shape's parameter (for free pixels, the crop)
     graph = use_cuda_graph(x0.device, settings) if graph is None else graph
     compute = _EagerStep(problem.forward, x)
     if graph:
@@ -234,7 +235,7 @@ def _descend(problem: _Problem, compute, w, x, on_step) -> BatchResult:
     m, v = torch.zeros_like(w), torch.zeros_like(w)
     step = torch.zeros(B, device=dev)
     lr = torch.full((B,), s.lr, device=dev)
-    best, best_loss = problem.x0.clone(), torch.full((B,), float("inf"), device=dev)
+    best, best_loss = problem.shape.origin().clone(), torch.full((B,), float("inf"), device=dev)
     best_dssim = torch.zeros(B, device=dev)
     stall = torch.zeros(B, dtype=torch.long, device=dev)
     # under random transformations the loss is noisy: a stall says nothing, so run every step
@@ -265,7 +266,7 @@ def _descend(problem: _Problem, compute, w, x, on_step) -> BatchResult:
                 break
             lr = torch.where(done, 0.0, lr)
             step += (lr > 0).float()
-            ops.tanh_adam_step(w, m, v, x, g, step, lr, 0.0, 255.0, beta1=s.momentum)
+            ops.tanh_adam_step(w, m, v, x, g, step, lr, problem.shape.lo, problem.shape.hi, beta1=s.momentum)
             if on_step is not None:
                 on_step(int((lr > 0).sum()))
         # a face that never got inside the budget (too few steps) keeps its last iterate: the
@@ -274,4 +275,6 @@ def _descend(problem: _Problem, compute, w, x, on_step) -> BatchResult:
         if bool(lost.any()):
             best = torch.where(lost[:, None, None, None], x, best)
             best_dssim = torch.where(lost, dss, best_dssim)
+    with torch.no_grad():
+        best = problem.shape.image(best, torch.arange(B, device=dev))
     return BatchResult(best=best, dssim=best_dssim, steps=step)

@@ -17,13 +17,19 @@ class Metrics:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("fawkes_requests", "Cloak requests by HTTP code and outcome",
                                 ("code", "status"), registry=r)
-        self.latency = Histogram("fawkes_request_seconds", "Cloak request latency, body read to answer",
+        self.latency = Histogram("fawkes_request_seconds", "Cloak request latency, first byte of the body to answer",
                                  buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("fawkes_batch_size", "Photos per Cloaker.cloak call",
                                     buckets=BATCH_BUCKETS, registry=r)
         self.batch_seconds = Histogram("fawkes_batch_seconds", "Time of one Cloaker.cloak call",
                                        buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_depth = Gauge("fawkes_queue_depth", "Requests waiting for a batch", registry=r)
+        self.queue_depth = Gauge("fawkes_queue_depth", "Requests waiting for a batch (counted by --max-queue)",
+                                 registry=r)
+        self.uploads = Gauge("fawkes_uploads", "Request bodies being received (not counted by any queue)",
+                             registry=r)
+        self.pixels_in_flight = Gauge("fawkes_pixels_in_flight",
+                                      "Decoded pixels held, queued or being cloaked (--max-pixels-in-flight)",
+                                      registry=r)
         self.in_batch = Gauge("fawkes_in_batch", "Photos being cloaked now", registry=r)
         self.ready = Gauge("fawkes_ready", "1 once the models are loaded", registry=r)
         self.draining = Gauge("fawkes_draining", "1 after SIGTERM: finishing in-flight requests", registry=r)

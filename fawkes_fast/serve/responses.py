@@ -33,6 +33,10 @@ def face_summary(face, full: bool = False) -> dict:
     delta_e = getattr(face, "delta_e", None)
     if delta_e is not None:
         out["delta_e"] = round(float(delta_e), 4)
+    seen = getattr(face, "visibility", None)
+    if seen:  # the judges' verdict on the saved file: words for people, figures for code
+        out["looks_like"] = seen["in_words"]
+        out["butteraugli"], out["ssimulacra2"] = round(seen["butteraugli"], 3), round(seen["ssimulacra2"], 2)
     if full:
         out["landmarks"] = face.landmarks
         out["distances"] = face.distances

@@ -8,11 +8,10 @@ import time
 from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
-from starlette.requests import ClientDisconnect
 
 from .batcher import Job
 from .config import FORMATS, MODES
-from .limits import Problem, check_declared_length, check_header, decode, read_capped
+from .limits import ClientLeft, Problem, check_declared_length, check_header, decode, read_body
 from .responses import problem_response, result_response
 
 OPTIONS = ("mode", "format", "quality", "seed")
@@ -42,10 +41,15 @@ async def _single(body: bytes):
     yield body
 
 
-async def read_upload(request: Request, max_bytes: int) -> bytes:
-    """The image bytes: the raw body, or the multipart field `file`. Size capped before reading."""
-    check_declared_length(request.headers, max_bytes)
-    body = await read_capped(request.stream(), max_bytes)
+async def read_upload(service, request: Request) -> bytes:
+    """The image bytes: the raw body, or the multipart field `file`. Size capped before reading;
+    the read has its own deadline and minimum rate (see limits.read_body)."""
+    check_declared_length(request.headers, service.body_limits.max_bytes)
+    service.metrics.uploads.inc()
+    try:
+        body = await read_body(request.receive, service.body_limits)
+    finally:
+        service.metrics.uploads.dec()
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         return body
     try:
@@ -74,26 +78,35 @@ async def wait_result(service, request: Request, job: Job, deadline: float):
         done, _ = await asyncio.wait({future, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
+        if not future.done():  # the deadline, the client left, or shutdown cancelled this handler
+            service.batcher.abandon(job)
     if future in done and not future.cancelled():
         return future.result()
-    service.batcher.abandon(job)
     if watcher in done:
         return None
     raise Problem(504, "timeout", f"the photo was not cloaked within the {service.config.timeout_s:g} s deadline")
 
 
-async def _answer(service, request: Request, started: float):
+async def _answer(service, request: Request):
     service.authorise(request)
-    service.admit()
+    service.refuse_if_unavailable()
     cfg = service.config
     mode, fmt, quality, seed = parse_options(request.query_params, cfg.mode)
-    data = await read_upload(request, cfg.max_bytes)
-    check_header(data, cfg.max_pixels)  # header only: cheap, before any pixel is decoded
-    rgb = await asyncio.to_thread(decode, data)
-    del data
-    seed = service.new_seed() if seed is None else seed
-    job = Job(rgb, (mode, fmt, quality), seed)
-    outcome = await wait_result(service, request, job, started + cfg.timeout_s)
+    data = await read_upload(service, request)
+    arrived = time.monotonic()
+    pixels = check_header(data, cfg.max_pixels)  # header only: cheap, before any pixel is decoded
+    reservation = service.admit(pixels)  # from here on the request counts against the limits
+    job = None
+    try:
+        rgb = await asyncio.to_thread(decode, data)
+        del data
+        seed = service.new_seed() if seed is None else seed
+        job = Job(rgb, (mode, fmt, quality), seed, on_release=reservation.release)
+        del rgb
+        outcome = await wait_result(service, request, job, arrived + cfg.timeout_s)
+    finally:
+        if job is None or job.batch is None:  # else its running batch gives the pixels back when done
+            reservation.release()
     if outcome is None:
         return None
     result, batch_size = outcome
@@ -101,22 +114,33 @@ async def _answer(service, request: Request, started: float):
     return result_response(result, fmt=fmt, seed=seed, batch_size=batch_size, want_json=want_json)
 
 
+def _stopped() -> Problem:
+    return Problem(503, "shutting_down", "the server stopped before this photo was done (its --drain-s ran out)",
+                   {"Connection": "close"})
+
+
 async def handle_cloak(service, request: Request):
     started = time.monotonic()
-    service.in_flight += 1
+    task = asyncio.current_task()
+    service.track(task)
     try:
-        response = await _answer(service, request, started)
+        response = await _answer(service, request)
         status = response.headers.get("x-fawkes-status", "ok") if response is not None else "disconnected"
     except Problem as p:
         response, status = problem_response(p), p.status
-    except ClientDisconnect:  # the client left while sending its body
+    except ClientLeft:  # the client left while sending its body
         response, status = None, "disconnected"
+    except asyncio.CancelledError:
+        if not service.stopping:
+            raise
+        task.uncancel()  # the drain ran out and cancelled this handler: answer, as JSON, and go
+        response, status = problem_response(_stopped()), "shutting_down"
     except Exception as e:  # noqa: BLE001 - logged; the client hears a plain 500
         print(f"fawkes-fast serve: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         response = problem_response(Problem(500, "error", "internal error"))
         status = "error"
     finally:
-        service.in_flight -= 1
+        service.untrack(task)
     code = response.status_code if response is not None else 499
     service.metrics.count(code, status, time.monotonic() - started)
     return response if response is not None else problem_response(Problem(499, "disconnected", "client left"))

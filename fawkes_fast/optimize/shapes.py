@@ -1,0 +1,108 @@
+"""What the optimiser moves: the shape of a cloak (issue #22).
+
+Both shapes are optimised in tanh space (the paper's change of variables) by the fused tanh-Adam op;
+they differ in what the tanh-space parameter means.
+
+  * `FreePixels` ("dssim", the paper's): the parameter is the crop itself, in [0, 255]; how far it may
+    move is left to the DSSIM hinge and the colour hinge of the loss.
+  * `MaskedLuma` ("jnd"): the parameter is t in [-1, 1], the change in YCbCr as a share of a per-pixel
+    bound: x = x0 + YCbCr->RGB(strength * J * (t_Y, chroma * t_Cb, chroma * t_Cr)). J is a
+    just-noticeable-difference map of the clean crop (Chou & Li's luminance adaptation plus texture
+    masking, combined as in Yang et al.'s NAMM): the eye forgives changes in dark or textured places
+    (hair, brows, edges) and sees them on smooth skin, so the cloak goes where it is least seen. The
+    bound holds by construction; no hinge is needed.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .modes import SHAPES
+
+# RGB -> YCbCr (BT.601, full range) and back; only differences are converted, so no offsets
+_RGB_TO_YCC = torch.tensor([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+_YCC_TO_RGB = torch.linalg.inv(_RGB_TO_YCC)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, 1, H, W), edges replicated."""
+    r = max(1, int(round(3 * sigma)))
+    k = torch.exp(-torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2 / (2 * sigma * sigma))
+    k = k / k.sum()
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+
+
+def jnd_map(x0: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    """(B, 1, H, W) visibility threshold of a luma change, in grey levels, for (B, 3, H, W) crops in
+    [0, 255]: max-like sum of luminance adaptation (background luminance) and texture masking (local
+    contrast), NAMM's 0.3 overlap term removed."""
+    y = torch.einsum("c,bchw->bhw", _RGB_TO_YCC[0].to(x0), x0)[:, None]
+    mean = _blur(y, sigma)
+    contrast = (_blur(y * y, sigma) - mean * mean).clamp_min(0).sqrt()
+    dark = 17 * (1 - (mean.clamp_min(0) / 127).sqrt()) + 3
+    bright = 3 / 128 * (mean - 127) + 3
+    adapt = torch.where(mean <= 127, dark, bright)
+    texture = 0.6 * contrast
+    return adapt + texture - 0.3 * torch.minimum(adapt, texture)
+
+
+class FreePixels:
+    """The crop's pixels themselves (today's and the paper's shape)."""
+
+    lo, hi = 0.0, 255.0
+
+    def __init__(self, x0: torch.Tensor, grey: torch.Tensor):
+        self.x0, self.grey = x0, grey
+
+    def origin(self) -> torch.Tensor:
+        return self.x0
+
+    def start(self, noise: torch.Tensor | None) -> torch.Tensor:
+        return self.x0 if noise is None else (self.x0 + noise).clamp(0, 255)
+
+    def image(self, p: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return p
+
+    def tie(self, g: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """A grey photo's cloak stays grey: one gradient for R, G and B."""
+        grey = self.grey.index_select(0, idx)[:, None, None, None]
+        return torch.where(grey, g.mean(1, keepdim=True).expand_as(g), g)
+
+
+class MaskedLuma:
+    """A change in YCbCr bounded pixel by pixel by a JND map (see the module's docstring)."""
+
+    lo, hi = -1.0, 1.0
+
+    def __init__(self, x0: torch.Tensor, grey: torch.Tensor, strength: float, chroma: float):
+        self.x0 = x0
+        j = jnd_map(x0) * strength
+        share = torch.tensor([1.0, chroma, chroma], device=x0.device, dtype=x0.dtype)[None, :, None, None]
+        share = torch.where(grey[:, None, None, None], share * torch.tensor([1.0, 0, 0]).to(share)[None, :, None, None],
+                            share)  # a grey photo gets a grey change: luma alone
+        self.bound = j * share  # (B, 3, S, S), YCbCr grey levels
+        self.to_rgb = _YCC_TO_RGB.to(x0)
+
+    def origin(self) -> torch.Tensor:
+        return torch.zeros_like(self.x0)
+
+    def start(self, noise: torch.Tensor | None) -> torch.Tensor:
+        if noise is None:
+            return self.origin()
+        return (noise / 255.0).clamp(-0.5, 0.5)  # a small seeded shake: at t = 0 untargeted has no gradient
+
+    def image(self, t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        change = torch.einsum("ij,bjhw->bihw", self.to_rgb, self.bound.index_select(0, idx) * t)
+        return (self.x0.index_select(0, idx) + change).clamp(0, 255)
+
+    def tie(self, g: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return g.contiguous()  # greyness is in the bound already; the fused Adam step wants dense grads
+
+
+def make_shape(name: str, x0: torch.Tensor, grey: torch.Tensor, strength: float, chroma: float):
+    if name == "dssim":
+        return FreePixels(x0, grey)
+    if name == "jnd":
+        return MaskedLuma(x0, grey, strength, chroma)
+    raise ValueError(f"shape must be one of {', '.join(SHAPES)}, not {name!r}")
