@@ -45,7 +45,7 @@ def plan(families, extractors) -> dict[str, list[str]]:
     return {f: [e for e in extractors if FAMILY.get(e, e) != f] for f in families}
 
 
-def lofo_scenarios(families=FAMILIES, extractors=FAMILIES, mode: str = "mid", tradeoff: bool = False,
+def lofo_scenarios(families=FAMILIES, extractors=FAMILIES, mode: str = "paper", tradeoff: bool = False,
                    target: str = "max", overrides: dict | None = None, rhos=RHOS,
                    joint: bool = False) -> list[Scenario]:
     """One scenario per held-out family (one per rho in `rhos` with `tradeoff`). Its trackers: the held-out
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     add_config_args(ap)
     ap.add_argument("--families", default=",".join(FAMILIES), help="held-out families (native trackers)")
     ap.add_argument("--extractors", default=",".join(FAMILIES), help="built-in extractors the cloaks may use")
-    ap.add_argument("--mode", default="mid")
+    ap.add_argument("--mode", default="paper", help="the DSSIM budget these runs study (the modes before issue #22)")
     ap.add_argument("--target", default="max")
     ap.add_argument("--tradeoff", action="store_true", help=f"held-out protection at each --rhos instead")
     ap.add_argument("--rhos", default=",".join(map(str, RHOS)), help="the face budgets of --tradeoff")

@@ -185,5 +185,5 @@ def test_the_default_mode_moves_native_dlib_further_than_the_paper_budget(photos
         assert m.status == "cloaked", m.error
         clean = native_descriptor(orig)
         assert clean @ native_descriptor(m.image) < clean @ native_descriptor(p.image)
-        d = m.image.astype(np.int16) - orig
-        assert np.abs(d[..., 0] - d[..., 1]).max() <= 1 and np.abs(d[..., 1] - d[..., 2]).max() <= 1  # rounding
+        d = (m.image.astype(np.int16) - orig)[(orig > 40).all(2) & (orig < 215).all(2)]  # away from clipping
+        assert np.abs(d[:, 0] - d[:, 1]).max() <= 1 and np.abs(d[:, 1] - d[:, 2]).max() <= 1  # rounding

@@ -30,7 +30,7 @@ def test_scenarios_track_the_held_out_family_first_and_the_tradeoff_sweeps_rho()
         assert held not in [lofo.FAMILY[e] for e in s.cloak["extractors"]] and s.budget
         assert s.cloak["rho"] == float(s.name.rsplit("_", 1)[1])
     # a family with no extractor outside it gets no row rather than an uncloaked one
-    assert [s.name for s in lofo.lofo_scenarios(("dlib", "sface"), ("dlib",))] == ["lofo_sface_mid"]
+    assert [s.name for s in lofo.lofo_scenarios(("dlib", "sface"), ("dlib",))] == ["lofo_sface_paper"]
 
 
 def test_joint_rows_see_every_family_and_overrides_reach_every_row():
@@ -50,7 +50,7 @@ def test_joint_rows_see_every_family_and_overrides_reach_every_row():
 def test_collect_orders_every_result_by_family_then_rho(tmp_path):
     def row(name, held, rho):
         trackers = ["dlib", "sface", "facenet"] if held is None else [held] + [f for f in lofo.FAMILIES if f != held]
-        return {"scenario": {"name": name, "trackers": trackers, "cloak": {"extractors": ["x"], "mode": "mid",
+        return {"scenario": {"name": name, "trackers": trackers, "cloak": {"extractors": ["x"], "mode": "paper",
                                                                           **({"rho": rho} if rho else {})}},
                 "summary": {}, "cloak_seconds": 1.0, "cloaked_photos": 1}
     for name, held, rho in [("joint_rho_0.017", None, 0.017), ("lofo_sface_rho_0.012", "sface", 0.012),
@@ -72,7 +72,7 @@ def test_tiny_run_writes_the_table(lfw_dir, tmp_path):
             "--out", str(tmp_path)]
     assert lofo.main(args) == 0
     results = json.loads((tmp_path / "lofo.json").read_text())
-    assert [r["scenario"]["name"] for r in results] == ["lofo_dlib_mid", "lofo_sface_mid"]
+    assert [r["scenario"]["name"] for r in results] == ["lofo_dlib_paper", "lofo_sface_paper"]
     for r in results:
         held = r["scenario"]["trackers"][0]
         assert r["scenario"]["cloak"]["extractors"] == (["sface"] if held == "dlib" else ["dlib"])
@@ -85,7 +85,7 @@ def test_tiny_run_writes_the_table(lfw_dir, tmp_path):
             assert t["logreg"]["normal"] >= 0.8, "the tracker must still know the other identities"
         b = r["budget"]
         assert b["faces"] >= 6 and b["mean_de"] > 0 and 0 < b["box_dssim_max"] < 0.05
-    rho = settings_for("mid").rho
+    rho = settings_for("paper").rho
     md = (tmp_path / "lofo.md").read_text()
     assert f"| dlib | sface | {rho} |" in md and f"| sface | dlib | {rho} |" in md
     # resumable: a second run reads the JSON back instead of cloaking again

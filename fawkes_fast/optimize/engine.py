@@ -134,7 +134,7 @@ class _Problem:
             n = torch.tensor(own, device=dev)[:, None]
             self.inside = ((ramp < n)[:, :, None] & (ramp < n)[:, None, :])[:, None]  # (B, 1, S, S)
         self.grey = torch.tensor(gray if gray is not None else [False] * B, device=dev)
-        self.shape = make_shape(settings.shape, x0, self.grey, settings.strength, settings.chroma)
+        self.shape = make_shape(settings.shape, x0, self.grey, settings.strength, settings.chroma, sizes)
         with torch.no_grad():
             self.lab0 = rgb_to_lab(x0) if settings.colour_penalty > 0 else None
             self.d0 = self._start_distances(clean)  # measured on the whole models, before any thinning

@@ -75,9 +75,14 @@ class MaskedLuma:
 
     lo, hi = -1.0, 1.0
 
-    def __init__(self, x0: torch.Tensor, grey: torch.Tensor, strength: float, chroma: float):
+    def __init__(self, x0: torch.Tensor, grey: torch.Tensor, strength: float, chroma: float, sizes=None):
         self.x0 = x0
-        j = jnd_map(x0) * strength
+        if sizes is None:
+            j = jnd_map(x0) * strength
+        else:  # zero-padded crops: each face's map from its own pixels, as it would be alone
+            j = torch.zeros_like(x0[:, :1])
+            for i, n in enumerate(sizes):
+                j[i, :, :n, :n] = jnd_map(x0[i:i + 1, :, :n, :n])[0] * strength
         share = torch.tensor([1.0, chroma, chroma], device=x0.device, dtype=x0.dtype)[None, :, None, None]
         share = torch.where(grey[:, None, None, None], share * torch.tensor([1.0, 0, 0]).to(share)[None, :, None, None],
                             share)  # a grey photo gets a grey change: luma alone
@@ -100,9 +105,9 @@ class MaskedLuma:
         return g.contiguous()  # greyness is in the bound already; the fused Adam step wants dense grads
 
 
-def make_shape(name: str, x0: torch.Tensor, grey: torch.Tensor, strength: float, chroma: float):
+def make_shape(name: str, x0: torch.Tensor, grey: torch.Tensor, strength: float, chroma: float, sizes=None):
     if name == "dssim":
         return FreePixels(x0, grey)
     if name == "jnd":
-        return MaskedLuma(x0, grey, strength, chroma)
+        return MaskedLuma(x0, grey, strength, chroma, sizes)
     raise ValueError(f"shape must be one of {', '.join(SHAPES)}, not {name!r}")
