@@ -64,7 +64,7 @@ def test_a_cloak_call_reports_how_visible_each_face_is():
     _need_judges()
     import fawkes_fast
 
-    (r,) = fawkes_fast.cloak([_photo()], mode="low", seed=0, steps=3, judge=True, format="jpeg", quality=90)
+    (r,) = fawkes_fast.cloak([_photo()], mode="paper", seed=0, steps=3, judge=True, format="jpeg", quality=90)
     assert r.status == "cloaked"
     v = r.faces[0].visibility
     assert set(v["resaves"]) == {str(q) for q in judges.RESAVE_QUALITIES}
