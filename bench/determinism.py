@@ -17,9 +17,9 @@ outputs differ is listed with its input shapes. Tooling, not runtime: the burner
 `cpu_burner` fixture (tests/conftest.py).
 
 `--ab` measures what the fixes cost: seconds of a `mid` photo (load to PNG bytes, 2 threads) with the
-dlib extractor as it was before issue #23 (channels-last weights, a strided stem) and as it is, the
-two alternating call by call so that the load of other jobs falls on both alike. (The other fixes,
-the SSIM kernel's fixed row blocks and the colour term's row sums, change no amount of work.)
+dlib extractor as it was before issue #23 and as it is, the two alternating call by call so that the
+load of other jobs falls on both alike. (The other fixes, the SSIM kernel's fixed row blocks and
+the colour term's row sums, change no amount of work.)
 """
 from __future__ import annotations
 
@@ -281,7 +281,14 @@ class OpAudit:
         import torch
         from torch.utils._pytree import tree_flatten, tree_map
 
-        copies = tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, (args, kwargs))
+        clones = {}  # one copy per tensor, so that `out=` aliasing an input still aliases it
+
+        def copy(t):
+            if isinstance(t, torch.Tensor) and id(t) not in clones:
+                clones[id(t)] = t.clone()
+            return clones.get(id(t), t)
+
+        copies = tree_map(copy, (args, kwargs))
         out = func(*args, **kwargs)
         name = str(func)
         if "empty" in name:  # uninitialised memory: nothing to compare
@@ -345,16 +352,32 @@ def check(case: Case, stages, repeats: int, nice: int, threads: int) -> list[tup
 
 
 def before_dlib():
-    """dlib's module as it was before issue #23 (channels-last weights, the stem a strided conv), traced."""
+    """dlib's module as it was before issue #23 (the stem a strided conv, every block channels-last,
+    the last layer a matrix product), traced."""
     import torch
+    import torch.nn.functional as F
 
     from fawkes_fast.extractors.dlib_resnet import read_dlib_resnet
 
-    module = read_dlib_resnet()
+    class Before(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, chips):
+            net = self.net
+            x = F.max_pool2d(F.relu(net.stem((chips - net.mean) * (1.0 / 256.0))), 3, 2)
+            for block in net.blocks:
+                x = block(x)
+            return net.fc(x.mean(dim=(2, 3)))
+
+    net = read_dlib_resnet()
     stem = torch.nn.Conv2d(3, 32, 7, stride=2)
-    stem.load_state_dict(module.stem.state_dict())
-    module.stem = stem
-    module = module.to(memory_format=torch.channels_last).requires_grad_(False)
+    stem.load_state_dict(net.stem.state_dict())
+    net.stem = stem
+    for block in net.blocks:
+        block.plain_layout = False
+    module = Before(net.to(memory_format=torch.channels_last)).requires_grad_(False)
     with torch.no_grad():
         return torch.jit.trace(module, torch.rand(2, 3, 150, 150) * 255, check_trace=False)
 

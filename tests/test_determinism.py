@@ -79,8 +79,8 @@ def _twice(fn, cpu_burner):
 
 
 def test_dlib_features_and_their_gradient_do_not_follow_the_thread_count(cpu_burner):
-    """For one chip (a batch of one), oneDNN's backward of the strided stem and MKL's products behind
-    the small late convs (with channels-last weights) once summed in a thread-count order."""
+    """For one chip, oneDNN's backward of the strided stem and MKL's channels-last products in the
+    128-to-256 block, and for five, MKL's product in the last layer, once summed in a thread-count order."""
     from fawkes_fast.extractors import load
 
     ext = load("dlib", "cpu")
@@ -88,7 +88,7 @@ def test_dlib_features_and_their_gradient_do_not_follow_the_thread_count(cpu_bur
 
     def run():
         out = []
-        for batch in (1, 2, 3):
+        for batch in (1, 2, 3, 5):
             x = (torch.rand(batch, 3, 150, 150, generator=torch.Generator().manual_seed(batch)) * 255).requires_grad_(True)
             features = ext.features(x)
             (grad,) = torch.autograd.grad((features * weights).sum(), x)
