@@ -17,8 +17,7 @@ import numpy as np
 import torch
 
 from .batch import Photo
-from .evaluate.judges import judge_result
-from .evaluate.judges import require as require_judges
+from .evaluate.judges import judge_result, require as require_judges
 from .extractors import check as check_extractor
 from .finalize import FaceCloak, finalize_photo
 from .io.images import load_image_with_meta
