@@ -1,6 +1,6 @@
 """Cloaking speed against the peer (../shared/peer/peer_step.py), same extractor, inputs, device.
 
-    python bench/bench_cloak.py [--device cpu|cuda] [--batch 1 8] [--photos 3] [--transfer] [--out bench/results/cloak.md]
+    python bench/bench_cloak.py [--device cpu|cuda] [--batch 1 8] [--photos 3] [--transfer] [--phone] [--out bench/results/cloak.md]
 
 1. One optimisation step at batch B: our engine (warp + extractor + fused SSIM + fused tanh-Adam,
    early stopping off; on CUDA with and without the CUDA graph; a fixed cost per call, such as
@@ -8,6 +8,7 @@
    same extractor module and the same face chips.
 2. Seconds per one-face LFW photo in each mode, end to end (load, detect, target, optimise,
    paste, budget check, PNG encode), versus the peer doing the mode's step count.
+3. With --phone: seconds per 12 MP JPEG with one face about 1,000 px wide, end to end, by stage.
 """
 from __future__ import annotations
 
@@ -108,7 +109,8 @@ def bench_step(pipe, photos, batch, dev, iters):
     return ours, theirs
 
 
-def bench_photo(photos, dev, mode, peer_step_s, extractors=("dlib",), **options):
+def bench_photo(photos, dev, mode, peer_step_s, extractors=None, **options):
+    """extractors None: the mode's own (`high`: dlib + sface + facenet)."""
     from fawkes_fast import Cloaker
     from fawkes_fast.optimize.modes import MODES
 
@@ -122,6 +124,52 @@ def bench_photo(photos, dev, mode, peer_step_s, extractors=("dlib",), **options)
         times.append(time.perf_counter() - t)
         steps.append(r.faces[0].steps)
     return float(np.mean(times)), float(np.mean(steps)), MODES[mode].steps * peer_step_s
+
+
+def phone_photo(seed: int = 0) -> bytes:
+    """A phone-sized JPEG (4000x3000, 12 MP, q92) with one face about 1,000 px wide: a StyleGAN2 face
+    upscaled 3.4x (Lanczos) on a blurred, stretched copy of itself."""
+    import io
+
+    from PIL import Image, ImageFilter
+
+    files = sorted((SHARED / "data" / "gan-faces").glob("*.jpg"))
+    face = Image.open(files[seed % len(files)]).convert("RGB")
+    canvas = face.resize((4000, 3000), Image.BILINEAR).filter(ImageFilter.GaussianBlur(40))
+    big = face.resize((1750, 1750), Image.LANCZOS)
+    canvas.paste(big, (1100, 600))
+    buf = io.BytesIO()
+    canvas.save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def bench_phone(dev, mode: str = "mid", photos: int = 2) -> tuple[float, dict]:
+    """Seconds per phone-sized photo, end to end from JPEG bytes to the JPEG written (q92), and where
+    they went (cProfile's cumulative seconds of the stages, for the last photo)."""
+    import cProfile
+    import pstats
+
+    from fawkes_fast import Cloaker
+
+    cloaker = Cloaker(mode=mode, device=dev)
+    data = [phone_photo(i) for i in range(photos)]
+    cloaker.cloak(data[0], seed=0, steps=2, format="jpeg", quality=92)  # warm-up
+    times = []
+    for i, d in enumerate(data):
+        prof = cProfile.Profile() if i == len(data) - 1 else None
+        t = time.perf_counter()
+        if prof:
+            prof.enable()
+        (r,) = cloaker.cloak(d, seed=0, format="jpeg", quality=92)
+        if prof:
+            prof.disable()
+        times.append(time.perf_counter() - t)
+        assert r.status == "cloaked", (r.status, r.error)
+    stats = pstats.Stats(prof).stats
+    stages = {"load + detect": "_load_and_detect", "optimise": "_optimise", "paste, encode, check": "finalize_photo",
+              "reports": "face_reports"}
+    where = {label: max((v[3] for k, v in stats.items() if k[2] == fn), default=0.0) for label, fn in stages.items()}
+    return float(np.mean(times)), where
 
 
 TRANSFER_VARIANTS = [("dlib, flip", ("dlib",), {"flip": True}),
@@ -141,11 +189,13 @@ def main():
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cloak.md"))
     ap.add_argument("--shared", default=str(SHARED), help="folder holding peer/ and data/lfw/")
     ap.add_argument("--transfer", action="store_true", help="also time the transfer options (issue #6)")
+    ap.add_argument("--phone", action="store_true", help="also time a 12 MP photo end to end (issue #24)")
     args = ap.parse_args()
     SHARED = Path(args.shared)
     sys.path.insert(0, str(SHARED / "peer"))
     dev = torch.device(args.device)
 
+    from fawkes_fast.optimize.modes import extractors_for
     from fawkes_fast.pipeline import FacePipeline
 
     pipe = FacePipeline(("dlib",), device=dev)
@@ -163,11 +213,19 @@ def main():
             print(lines[-1], flush=True)
     for mode in ("low", "mid", "high"):
         secs, steps, peer = bench_photo(photos[:args.photos], dev, mode, peer1)
-        lines.append(f"| `{mode}` one-face photo, end to end ({steps:.0f} steps used) | {secs:.2f} s | "
-                     f"{peer:.2f} s (mode's max steps × peer step) | {peer / secs:.2f}× |")
+        exts = " + ".join(extractors_for(mode))
+        theirs = (f"{peer:.2f} s (mode's max steps × peer step) | {peer / secs:.2f}×" if exts == "dlib"
+                  else "— (the peer cloaks with dlib alone) | —")
+        lines.append(f"| `{mode}` one-face photo ({exts}), end to end ({steps:.0f} steps used) | {secs:.2f} s | "
+                     f"{theirs} |")
+        print(lines[-1], flush=True)
+    if args.phone:  # issue #24: a 12 MP photo
+        secs, where = bench_phone(dev)
+        parts = ", ".join(f"{k} {v:.2f} s" for k, v in where.items())
+        lines.append(f"| `mid` 12 MP JPEG, one face about 1,000 px wide, end to end ({parts}) | {secs:.2f} s | — | — |")
         print(lines[-1], flush=True)
     if args.transfer:  # issue #6: what the transfer options cost, `mid`, against plain dlib
-        base = bench_photo(photos[:args.photos], dev, "mid", peer1)[0]
+        base = bench_photo(photos[:args.photos], dev, "mid", peer1, ("dlib",))[0]
         for label, exts, opts in TRANSFER_VARIANTS:
             secs, steps, _ = bench_photo(photos[:args.photos], dev, "mid", peer1, exts, **opts)
             lines.append(f"| `mid` photo, {label} ({steps:.0f} steps used) | {secs:.2f} s | plain dlib {base:.2f} s | "

@@ -29,8 +29,9 @@ PERSON = {**MID, "person": True}  # eq. 3 per user: one target for the user's ph
 
 
 def _jnd(strength: float, chroma: float = 0.0, **extra) -> dict:
+    """The JND shape at `strength`, as first measured: 60 steps at lr 0.04, extractors in fp32."""
     return {**PERSON, "shape": "jnd", "strength": strength, "chroma": chroma, "rho": 0.2,
-            "colour_penalty": 0.0, **extra}
+            "colour_penalty": 0.0, "precision": "fp32", "steps": 60, "lr": 0.04, **extra}
 
 
 POINTS = {  # name -> cloak spec (fawkes_fast.evaluate.protocol); the shapes, each at several strengths
@@ -44,8 +45,13 @@ POINTS = {  # name -> cloak spec (fawkes_fast.evaluate.protocol); the shapes, ea
     **{f"jnd_{s}": _jnd(s) for s in (0.12, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.2)},
     "jnd_0.5_own_target": {**_jnd(0.5), "person": False},  # what one target per person buys
     "jnd_0.5_chroma": _jnd(0.5, 0.5),  # chroma allowed at half the luma bound
+    # JPEG's rounding chosen adversarially: each 8x8 DCT coefficient moves by <= strength * min(q/2, |c|)
+    **{f"dct_q{q}_s{s}": _jnd(s, shape="dct", dct_quality=q, precision="bf16") for q, s in ((50, 2.0), (50, 1.8), (50, 1.6), (30, 1.0))},
+    # issue #24: the step's extractors in bf16, and fewer steps at a larger rate
+    "jnd_0.6_bf16": _jnd(0.6, precision="bf16"),
+    **{f"jnd_{s}_bf16_30": _jnd(s, precision="bf16", steps=30, lr=0.08) for s in (0.5, 0.6)},
     # `high`: the joint cloak (dlib + SFace + FaceNet), judged against each native family
-    **{f"joint_jnd_{s}": {**_jnd(s), "extractors": ["dlib", "sface", "facenet"]} for s in (0.8, 1.2)},
+    **{f"joint_jnd_{s}": {**_jnd(s, precision="bf16"), "extractors": ["dlib", "sface", "facenet"]} for s in (0.8, 1.2)},
 }
 JOINT_TRACKERS = ("dlib", "sface", "facenet")  # native FaceNet needs TensorFlow (bench only)
 
@@ -78,10 +84,13 @@ def table(rs: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rs:
         j, sp = r["judges"], r["spec"]
-        shape = (f"jnd ×{sp['strength']}" + (f", chroma {sp['chroma']}" if sp.get("chroma") else "")
-                 if sp.get("shape") == "jnd" else f"dssim ρ {sp.get('rho', 0.007)}"
+        shape = (f"{sp['shape']} ×{sp['strength']}" + (f" of q{sp['dct_quality']}'s rounding" if sp["shape"] == "dct" else "")
+                 + (f", chroma {sp['chroma']}" if sp.get("chroma") else "")
+                 if sp.get("shape") in ("jnd", "dct") else f"dssim ρ {sp.get('rho', 0.007)}"
                  + (", caps off" if sp.get("colour_penalty") == 0 else ""))
         shape += "" if sp.get("person") else ", own target per photo"
+        shape += f", {sp['precision']}" if sp.get("precision", "fp32") != "fp32" else ""
+        shape += f", {sp['steps']} steps at lr {sp['lr']}" if sp.get("steps", 60) != 60 else ""
         within = " / ".join(f"{100 * j['resaves'][q]['share_within']:.0f}%" for q in ("70", "80")) if j.get("faces") else "—"
         lines.append(f"| `{r['name']}` | {shape} | {100 * r['logreg']:.0f} ± {100 * r['logreg_std']:.0f}% / "
                      f"{100 * r['match']:.0f} ± {100 * r['match_std']:.0f}% | "
@@ -132,6 +141,7 @@ def plot(rs: list[dict], path: Path, extra=()) -> None:
         for r in rs:
             sp = r["spec"]
             g = ("JND-masked luma" + (" + chroma" if sp.get("chroma") else "") if sp.get("shape") == "jnd"
+                 else f"JPEG rounding (DCT, q{sp['dct_quality']})" if sp.get("shape") == "dct"
                  else "free pixels, DSSIM" + (" (caps off)" if sp.get("colour_penalty") == 0 else " (caps on)"))
             g += "" if sp.get("person") else ", own target"
             groups.setdefault(g, []).append(r)

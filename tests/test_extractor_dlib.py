@@ -186,3 +186,33 @@ def test_builtin_registry(monkeypatch):
     assert is_builtin("dlib-variant") and "dlib-variant" in builtin_names()
     ext = load("dlib-variant")
     assert (ext.name, ext.template, ext.dim) == ("dlib-variant", "arcface", 128)
+
+
+def test_cache_key_names_the_code_this_process_runs(monkeypatch):
+    """Converter files edited on disk after import (a `git pull` under a running server) must not
+    change the cache key: the build would run the old code in memory and save it under the new key."""
+    from pathlib import Path
+
+    from fawkes_fast.extractors import loading
+
+    before = loading.cached_builtin("dlib")
+    real = Path.read_bytes
+
+    def edited(self):
+        data = real(self)
+        return data + b"\n# edited" if self.name in ("dlib_resnet.py", "dlib_format.py") else data
+
+    monkeypatch.setattr(Path, "read_bytes", edited)
+    assert loading.cached_builtin("dlib") == before
+
+
+def test_eager_twin_matches_the_cached_module():
+    """Ghost copies and reduced precision run dlib from its eager build; it is the same network."""
+    from fawkes_fast.extractors import load
+    from fawkes_fast.extractors.loading import eager_builtin
+
+    ext, twin = load("dlib"), eager_builtin("dlib")
+    assert not any(p.requires_grad for p in twin.parameters())  # frozen: the step differentiates the chips only
+    x = torch.rand(2, 3, 150, 150, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.no_grad():
+        assert torch.equal(twin(x), ext.module(x))

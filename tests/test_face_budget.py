@@ -109,3 +109,19 @@ def test_a_cloak_is_kept_when_rounding_makes_dssim_flat_in_its_amplitude(monkeyp
     done = fin.finalize_photo(photo, [cloak], rho=0.004)
     assert not done.uncloaked[0] and done.measures[0]["dssim"] <= 0.004
     assert (done.image != photo).any()
+
+
+def test_the_photo_map_is_the_optimiser_map():
+    """photo_dssim's OpenCV-blurred map (fast on 12 MP photos) is ssim_map_full's, to float32 rounding."""
+    from fawkes_fast.faces.budget import ssim_plane
+    from fawkes_fast.ops_reference import ssim_map_full
+
+    rng = np.random.default_rng(0)
+    a = (np.add.outer(np.arange(61), np.arange(47)) * 2 + 20).astype(np.uint8)  # smooth: noise shows
+    b = np.clip(a.astype(int) + rng.integers(-9, 10, a.shape), 0, 255).astype(np.uint8)
+    want = ssim_map_full(torch.from_numpy(b).float()[None, None], torch.from_numpy(a).float()[None, None])[0, 0]
+    got = ssim_plane(b, a)
+    assert got.shape == tuple(want.shape) == (51, 37)
+    assert np.abs(got - want.numpy()).max() < 1e-4  # float32 variances, summed in another order
+    assert abs(got.mean() - want.mean().item()) < 1e-6
+    assert np.abs(ssim_plane(a, a) - 1).max() < 1e-6 and got.min() < 0.9  # a change shows; none does not

@@ -86,6 +86,8 @@ def _column_fields(header: str) -> tuple[str, ...]:
         return ("lr",)
     if h.startswith("strength"):
         return ("strength",)
+    if h.startswith("dct quality"):
+        return ("dct_quality",)
     return ()
 
 
@@ -105,9 +107,14 @@ def test_the_modes_table_is_modes():
             assert row[text_columns["shape"]].strip("`") == settings.shape, row
         if "extractors" in text_columns:
             assert row[text_columns["extractors"]].split(" + ") == list(MODE_EXTRACTORS[mode]), row
+        if "step precision" in text_columns:
+            assert row[text_columns["step precision"]] == settings.precision, row
         for cell, names in zip(row, fields):
-            if names == ("strength",) and settings.shape != "jnd":
+            if names == ("strength",) and settings.shape == "dssim":
                 assert cell == "—", row  # a strength means nothing to the DSSIM shape
+                continue
+            if names == ("dct_quality",) and settings.shape != "dct":
+                assert cell == "—", row
                 continue
             if names == ("colour_mean", "colour_peak") and cell == "off":
                 assert settings.colour_penalty == 0, row

@@ -543,10 +543,29 @@ def test_batching_across_photos_is_off_unless_asked_for():
     def cloaker_for(argv):
         p = argparse.ArgumentParser()
         add_arguments(p)
-        return Service(from_args(p.parse_args(argv)))._default_cloaker()
+        return Service(from_args(p.parse_args(argv))).cloaker_for("mid")
 
     assert cloaker_for([]).batch_across_photos is False
     assert cloaker_for(["--batch-across-photos"]).batch_across_photos is True
+
+
+def test_each_mode_cloaks_with_its_own_extractors():
+    """`high` is the joint cloak in the service as in the API; --extractor sets one list for every mode."""
+    import argparse
+
+    from fawkes_fast.serve.config import add_arguments, from_args
+    from fawkes_fast.serve.service import Service
+
+    def service(argv):
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        return Service(from_args(p.parse_args(argv)), cloaker_factory=lambda extractors: extractors)
+
+    s = service([])
+    assert s.cloaker_for("mid") == ("dlib",) and s.cloaker_for("high") == ("dlib", "sface", "facenet")
+    assert s.cloaker_for("low") is s.cloaker_for("mid")  # one Cloaker per extractor set, shared by modes
+    s = service(["--extractor", "sface"])
+    assert s.cloaker_for("high") == ("sface",) == s.cloaker_for("mid")
 
 
 def test_each_face_says_how_visible_its_cloak_is(server):

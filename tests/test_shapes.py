@@ -49,6 +49,44 @@ def test_masked_luma_keeps_every_change_within_its_bound(chroma):
     assert shape.image(torch.zeros_like(t), torch.arange(2)).equal(x0)  # t = 0: no change
 
 
+def test_block_dct_is_jpegs_transform():
+    """Against an independent reference: scipy's orthonormal DCT-II of each 8x8 block (JPEG's FDCT)."""
+    from scipy.fft import dctn
+
+    from fawkes_fast.optimize.shapes import block_dct, jpeg_steps
+
+    x = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(0)) * 255
+    c = block_dct(x)
+    want = dctn(x[1, 2, 8:16, 16:24].numpy().astype(np.float64), norm="ortho")
+    assert np.abs(c[1, 2, 8:16, 16:24].numpy() - want).max() < 1e-3
+    assert torch.allclose(block_dct(c, inverse=True), x, atol=1e-3)
+    # libjpeg's tables: quality 50 is Annex K itself, 100 is all ones
+    assert jpeg_steps(50)[0, 0, 0] == 16 and jpeg_steps(50)[1, 0, 0] == 17 and bool((jpeg_steps(100) == 1).all())
+
+
+def test_quantised_dct_moves_each_coefficient_within_jpegs_rounding():
+    from fawkes_fast.optimize.shapes import QuantisedDct, block_dct, jpeg_steps
+
+    x0 = _crops(S=32)
+    x0[:, :, :8, :8] = 100.0  # a flat block: it has no AC coefficient, so it may gain none
+    shape = QuantisedDct(x0, torch.tensor([False, True]), strength=1.5, chroma=0.5, quality=50)
+    t = torch.rand(x0.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    x = shape.image(t, torch.arange(2))
+    change = block_dct(torch.einsum("ij,bjhw->bihw", _RGB_TO_YCC, x - x0))
+    c0 = block_dct(torch.einsum("ij,bjhw->bihw", _RGB_TO_YCC, x0 - 128))
+    q = jpeg_steps(50).repeat(1, 4, 4)[None]
+    inner = ((x0 > 2) & (x0 < 253)).all()
+    assert inner  # no clipping in this crop: the bound is exact
+    bound = 1.5 * torch.minimum(q / 2, c0.abs()) * torch.tensor([1.0, 0.5, 0.5])[None, :, None, None]
+    assert bool((change[0].abs() <= bound[0] + 1e-2).all())
+    assert float(change[0, 0, :8, :8].flatten()[1:].abs().max()) < 1e-2  # the flat block gains no texture
+    assert float(change[0, 0].abs().max()) > 1  # elsewhere it moves
+    d = x[1] - x0[1]  # a grey photo gets a grey change
+    assert torch.allclose(d[0], d[1], atol=1e-3) and torch.allclose(d[1], d[2], atol=1e-3)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        QuantisedDct(_crops(S=20), torch.tensor([False, False]), 1.0, 0.0, 80)
+
+
 def test_unknown_shape_is_refused():
     with pytest.raises(ValueError, match="shape"):
         settings_for("mid", shape="blobs")

@@ -1,6 +1,7 @@
 """Building, caching and loading extractor modules (see the package docstring)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import warnings
@@ -16,6 +17,10 @@ from .registry import builtin, builtin_names
 
 _lock = threading.Lock()
 _modules: dict[str, torch.nn.Module] = {}
+# the converters' code as this process imported it (the package imports them all before this module):
+# a key read from the files at build time could name code this process never ran, and a stale build
+# would be saved under the new code's key
+_CODE = {p.name: hashlib.sha256(p.read_bytes()).digest() for p in Path(__file__).parent.glob("*.py")}
 
 
 @contextmanager
@@ -45,9 +50,7 @@ def cached_builtin(name: str, force: bool = False) -> Path:
     h = hashlib.sha256(f"{name}:{src.name}:{torch.__version__}".encode())
     h.update(src.read_bytes())
     for f in loader.converters:
-        path = Path(__file__).with_name(f)
-        if path.is_file():
-            h.update(path.read_bytes())
+        h.update(_CODE.get(f, b""))
     out = cache_dir() / f"{name}-{h.hexdigest()[:12]}.pt"
     if out.is_file() and not force:
         return out
@@ -62,6 +65,15 @@ def cached_builtin(name: str, force: bool = False) -> Path:
 def _load_torchscript(path: Path) -> torch.nn.Module:
     with _quiet_jit():
         return _freeze(torch.jit.load(str(path), map_location="cpu"))
+
+
+@functools.lru_cache(maxsize=8)
+def eager_builtin(name: str, device: str = "cpu") -> torch.nn.Module:
+    """A built-in's module before TorchScript, rebuilt from its model file once per device and frozen.
+    Forward hooks (ghost copies) and autocast (reduced precision) need it: a traced graph records
+    `aten::_convolution`, which autocast does not cast."""
+    loader = builtin(name)
+    return _freeze(loader.build(loader.source())).to(device)
 
 
 def load_builtin(name: str, device="cpu") -> Extractor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..ops_reference import WIN, ssim_map_full
+from ..ops_reference import K1, K2, WIN, gaussian_taps, ssim_map_full
 
 BOX_SCALES = (1.0, 0.8, 0.9, 1.15, 1.3)  # the face's own box first
 BOX_SHIFT = 0.1
@@ -76,6 +76,27 @@ def boxes_dssim(x: torch.Tensor, x0: torch.Tensor, boxes: torch.Tensor) -> torch
     return (1.0 - box_means(ssim, boxes, inset=WIN - 1)) / 2.0
 
 
+def ssim_plane(x: np.ndarray, y: np.ndarray, data_range: float = 255.0) -> np.ndarray:
+    """SSIM map (h-10, w-10) of two (h, w) planes, as `ssim_map_full` computes it (centred values,
+    float32), with OpenCV's separable filter for the blurs: on a 12 MP photo's 1,000-px face torch's
+    depthwise convolution took 0.45 s a plane, about 18x OpenCV's time (issue #24)."""
+    import cv2
+
+    taps = gaussian_taps(torch.float32, "cpu").numpy()
+    half = (WIN - 1) // 2
+    c = data_range / 2
+    xc, yc = x.astype(np.float32) - c, y.astype(np.float32) - c
+
+    def blur(p):
+        return cv2.sepFilter2D(p, cv2.CV_32F, taps, taps, borderType=cv2.BORDER_CONSTANT)[half:-half, half:-half]
+
+    mx, my = blur(xc), blur(yc)
+    sx, sy, sxy = blur(xc * xc) - mx * mx, blur(yc * yc) - my * my, blur(xc * yc) - mx * my
+    mx, my = mx + c, my + c
+    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
+    return (2 * mx * my + c1) * (2 * sxy + c2) / ((mx * mx + my * my + c1) * (sx + sy + c2))
+
+
 def photo_dssim(original: np.ndarray, output: np.ndarray, boxes: np.ndarray, strip_pixels: int = 2_000_000) -> np.ndarray:
     """(K,) DSSIM of uint8 RGB photos over whole-pixel boxes, from the SSIM map of the area they span.
     The map is made in strips of rows (about `strip_pixels` each), so a 50 MP face costs a few
@@ -91,9 +112,8 @@ def photo_dssim(original: np.ndarray, output: np.ndarray, boxes: np.ndarray, str
             r1 = min(rows, r0 + step)
             m = 0.0
             for c in range(3):  # one channel at a time: a map is 5 blurred planes
-                a, o = (torch.from_numpy(np.ascontiguousarray(v[T + r0:T + r1 + WIN - 1, L:R, c])).float()[None, None]
-                        for v in (original, output))
-                m = m + ssim_map_full(o, a)[0, 0].double()
+                o, a = (v[T + r0:T + r1 + WIN - 1, L:R, c] for v in (output, original))
+                m = m + torch.from_numpy(ssim_plane(o, a)).double()
             strip = np.stack([l, np.clip(t, r0, r1) - r0, r, np.clip(b, r0, r1) - r0], -1)
             sums += box_sums((m / 3)[None], torch.from_numpy(strip)[None])[0].numpy()
     return (1.0 - sums / ((r - l) * (b - t))) / 2.0

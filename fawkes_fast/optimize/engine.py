@@ -28,6 +28,7 @@ from ..faces.budget import boxes_dssim
 from .colour import colour_excess, delta_e76, rgb_to_lab
 from .ghost import thin
 from .modes import Settings
+from .precision import with_precision
 from .shapes import make_shape
 from .transforms import diversify, gaussian_blur, jitter_mats
 
@@ -134,11 +135,14 @@ class _Problem:
             n = torch.tensor(own, device=dev)[:, None]
             self.inside = ((ramp < n)[:, :, None] & (ramp < n)[:, None, :])[:, None]  # (B, 1, S, S)
         self.grey = torch.tensor(gray if gray is not None else [False] * B, device=dev)
-        self.shape = make_shape(settings.shape, x0, self.grey, settings.strength, settings.chroma, sizes)
+        self.shape = make_shape(settings.shape, x0, self.grey, settings.strength, settings.chroma, sizes,
+                                settings.dct_quality)
         with torch.no_grad():
             self.lab0 = rgb_to_lab(x0) if settings.colour_penalty > 0 else None
             self.d0 = self._start_distances(clean)  # measured on the whole models, before any thinning
         self.exts, self.ghosts = thin(exts, settings.ghost)  # the models that can be thinned; the rest whole
+        # in the step only: the module's own layout, whose sums do not depend on the thread count
+        self.exts = [with_precision(e, settings.precision, channels_last=False) for e in self.exts]
 
     def _start_distances(self, clean):
         """Targeted: each extractor's distance is measured in units of where it started.
@@ -162,17 +166,23 @@ class _Problem:
                              for g, n in zip(self.gens, own)])
         return self.shape.start(noise.to(self.x0.device))
 
-    def budget_terms(self, xa, idx, rows):
-        """Per face: DSSIM (the largest over its budget boxes and its whole crop: the boxes are the
-        promised budget, the crop keeps the rest of the region from taking what they may not), and
-        how far its colour change exceeds the limits (the mean over each box, the peak anywhere)."""
+    def dssim(self, xa, idx):
+        """Per face: DSSIM, the largest over its budget boxes and its whole crop (the boxes are the
+        promised budget, the crop keeps the rest of the region from taking what they may not)."""
         x0, boxes = self.x0.index_select(0, idx), self.boxes.index_select(0, idx)
         if self.sizes is None:  # the whole crop by the fused kernel
-            dss = torch.maximum(boxes_dssim(xa, x0, boxes).amax(1), ops.dssim(xa, x0))
-        else:  # a padded crop's own square is one more box
-            dss = boxes_dssim(xa, x0, self.dssim_boxes.index_select(0, idx)).amax(1)
+            return torch.maximum(boxes_dssim(xa, x0, boxes).amax(1), ops.dssim(xa, x0))
+        return boxes_dssim(xa, x0, self.dssim_boxes.index_select(0, idx)).amax(1)  # a padded crop's square is one more box
+
+    def budget_terms(self, xa, idx, rows):
+        """Per face: DSSIM and how far its colour change exceeds the limits (the mean over each box,
+        the peak anywhere). A bounded shape (the JND map) needs no DSSIM hinge: its DSSIM reads 0 in
+        the step, where it cost 18-29% of the step's time (RESULTS §14); the finaliser still checks rho
+        on the saved file, and the result's DSSIM is measured once at the end."""
+        dss = (torch.zeros(len(rows), device=xa.device) if self.shape.bounded else self.dssim(xa, idx))
         if self.s.colour_penalty <= 0:
             return dss, torch.zeros_like(dss)
+        boxes = self.boxes.index_select(0, idx)
         de = delta_e76(rgb_to_lab(xa), self.lab0.index_select(0, idx))
         return dss, colour_excess(de, boxes, self.s.colour_mean, self.s.colour_peak)
 
@@ -276,5 +286,8 @@ def _descend(problem: _Problem, compute, w, x, on_step) -> BatchResult:
             best = torch.where(lost[:, None, None, None], x, best)
             best_dssim = torch.where(lost, dss, best_dssim)
     with torch.no_grad():
-        best = problem.shape.image(best, torch.arange(B, device=dev))
+        every = torch.arange(B, device=dev)
+        best = problem.shape.image(best, every)
+        if problem.shape.bounded:  # not measured per step (budget_terms)
+            best_dssim = problem.dssim(best, every)
     return BatchResult(best=best, dssim=best_dssim, steps=step)

@@ -13,19 +13,14 @@ extractor can be thinned (`check_ghost`, which the Cloaker runs before any photo
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 
 from ..extractors import builtin, is_builtin
 from ..extractors.base import Extractor, frozen_copy
+from ..extractors.loading import eager_builtin
 
 
-@functools.lru_cache(maxsize=4)
-def _eager_builtin(name: str) -> torch.nn.Module:
-    """A built-in's module before TorchScript (hooks need one): rebuilt from its model file, once."""
-    loader = builtin(name)
-    return loader.build(loader.source()).eval()
 
 
 def eager_module(ext: Extractor) -> torch.nn.Module:
@@ -34,7 +29,7 @@ def eager_module(ext: Extractor) -> torch.nn.Module:
     if isinstance(module, torch.jit.ScriptModule):
         if not is_builtin(ext.name):
             raise ValueError(f"ghost copies need an eager torch module; {ext.name} is TorchScript (use ghost=0 with it)")
-        module = _eager_builtin(ext.name)
+        module = eager_builtin(ext.name)
     return frozen_copy(module, ext.device)
 
 

@@ -26,7 +26,9 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from ..extractors import builtin, is_builtin
 from ..extractors.base import Extractor
+from ..extractors.loading import eager_builtin
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -54,9 +56,10 @@ class AutocastModule(torch.nn.Module):
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             chips = chips.contiguous(memory_format=torch.channels_last)
-        # optimized_execution(False): TorchScript's optimised executor differentiates its fused
-        # graphs symbolically, and under autocast those gradients are wrong (cosine 0.98 to fp32
-        # on dlib; 0.9997+ without it). cache_enabled=False: a cached weight cast would outlive a
+        # optimized_execution(False): a user's TorchScript module runs without the JIT's fused, symbolically
+        # differentiated graphs, as it does in fp32. (An earlier note blamed them for bf16 gradients at a
+        # cosine of 0.98 to fp32; eager bf16 gives the same 0.977-0.990 on LFW chips: that is bf16's
+        # rounding, tests/test_precision.py.) cache_enabled=False: a cached weight cast would outlive a
         # CUDA-graph capture.
         with torch.jit.optimized_execution(False), \
                 torch.autocast(chips.device.type, dtype=self.dtype, cache_enabled=False):
@@ -69,13 +72,20 @@ def with_precision(ext: Extractor, precision: str | torch.dtype | None = "bf16",
     """`ext` with its module run in reduced precision (a copy; `ext` itself is unchanged).
 
     precision: "bf16", "fp16" or "fp32" (returns `ext` as it is). channels_last: also store the
-    copy's 4-D weights channels_last, so convolutions need no layout change per call."""
+    copy's 4-D weights channels_last, so convolutions need no layout change per call; False keeps
+    the module's own layout (dlib's, chosen for thread-count-independent sums) and shares it uncopied.
+    A TorchScript module outside the dlib family comes back as it is (autocast cannot reach it)."""
     dtype = resolve_dtype(precision)
     if dtype is None:
         return ext
-    inner = copy.deepcopy(ext.module)
-    if channels_last:
-        inner = inner.to(memory_format=torch.channels_last)
+    module = ext.module
+    if isinstance(module, torch.jit.ScriptModule):
+        # a traced graph records aten::_convolution, which autocast leaves in fp32 (and SFace's grouped
+        # convs then fail on bf16 input): the dlib family runs from its eager twin, the rest as they are
+        if not (is_builtin(ext.name) and builtin(ext.name).thinnable):
+            return ext
+        module = eager_builtin(ext.name, str(ext.device))
+    inner = copy.deepcopy(module).to(memory_format=torch.channels_last) if channels_last else module
     return dataclasses.replace(ext, module=AutocastModule(inner, dtype, channels_last))
 
 

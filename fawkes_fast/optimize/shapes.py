@@ -51,6 +51,7 @@ class FreePixels:
     """The crop's pixels themselves (today's and the paper's shape)."""
 
     lo, hi = 0.0, 255.0
+    bounded = False  # how far it moves is the DSSIM hinge's business, in every step
 
     def __init__(self, x0: torch.Tensor, grey: torch.Tensor):
         self.x0, self.grey = x0, grey
@@ -74,6 +75,7 @@ class MaskedLuma:
     """A change in YCbCr bounded pixel by pixel by a JND map (see the module's docstring)."""
 
     lo, hi = -1.0, 1.0
+    bounded = True  # the map bounds it: no DSSIM hinge per step (rho is checked on the saved file)
 
     def __init__(self, x0: torch.Tensor, grey: torch.Tensor, strength: float, chroma: float, sizes=None):
         self.x0 = x0
@@ -105,9 +107,82 @@ class MaskedLuma:
         return g.contiguous()  # greyness is in the bound already; the fused Adam step wants dense grads
 
 
-def make_shape(name: str, x0: torch.Tensor, grey: torch.Tensor, strength: float, chroma: float, sizes=None):
+# JPEG's quantisation tables (ITU T.81 Annex K), luma and chroma, at quality 50
+_Q_LUMA = torch.tensor([
+    [16, 11, 10, 16, 24, 40, 51, 61], [12, 12, 14, 19, 26, 58, 60, 55], [14, 13, 16, 24, 40, 57, 69, 56],
+    [14, 17, 22, 29, 51, 87, 80, 62], [18, 22, 37, 56, 68, 109, 103, 77], [24, 35, 55, 64, 81, 104, 113, 92],
+    [49, 64, 78, 87, 103, 121, 120, 101], [72, 92, 95, 98, 112, 100, 103, 99]], dtype=torch.float32)
+_Q_CHROMA = torch.tensor([[17, 18, 24, 47] + [99] * 4, [18, 21, 26, 66] + [99] * 4, [24, 26, 56] + [99] * 5,
+                          [47, 66] + [99] * 6] + [[99] * 8] * 4, dtype=torch.float32)
+
+
+def jpeg_steps(quality: int) -> torch.Tensor:
+    """(3, 8, 8) quantisation steps of libjpeg at `quality` (its scaling of the Annex K tables) for Y, Cb, Cr."""
+    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
+    q = [((t * scale + 50) // 100).clamp(1, 255) for t in (_Q_LUMA, _Q_CHROMA)]
+    return torch.stack([q[0], q[1], q[1]])
+
+
+def _dct_matrix(n: int = 8) -> torch.Tensor:
+    k, i = torch.arange(n, dtype=torch.float64)[:, None], torch.arange(n, dtype=torch.float64)[None]
+    d = torch.cos(torch.pi * (2 * i + 1) * k / (2 * n)) * (2 / n) ** 0.5
+    d[0] /= 2 ** 0.5
+    return d.float()  # orthonormal: D @ D.T = I
+
+
+def block_dct(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+    """Orthonormal 8x8 block DCT-II (or its inverse) of (B, C, H, W), H and W multiples of 8."""
+    B, C, H, W = x.shape
+    d = _dct_matrix().to(x)
+    blocks = x.reshape(B, C, H // 8, 8, W // 8, 8)
+    out = torch.einsum("ij,bchjwk,lk->bchiwl", d.T if inverse else d, blocks, d.T if inverse else d)
+    return out.reshape(B, C, H, W)
+
+
+class QuantisedDct:
+    """A change of each 8x8 block's DCT coefficients (YCbCr) by at most `strength` times JPEG's rounding
+    at `quality`: |change of c| <= strength * min(q / 2, |c|), q the coefficient's quantisation step and
+    c the clean crop's coefficient. What a JPEG encoder's rounding could do, chosen adversarially: no
+    coefficient the photo lacks is created, so smooth skin gets no new texture (the issue's probe)."""
+
+    lo, hi = -1.0, 1.0
+    bounded = True
+
+    def __init__(self, x0: torch.Tensor, grey: torch.Tensor, strength: float, chroma: float, quality: int):
+        B, _, S, _ = x0.shape
+        if S % 8:
+            raise ValueError(f"the dct shape needs crops whose side is a multiple of 8, not {S}")
+        self.x0 = x0
+        ycc = torch.einsum("ij,bjhw->bihw", _RGB_TO_YCC.to(x0), x0 - 128.0)
+        c0 = block_dct(ycc)
+        q = jpeg_steps(quality).to(x0).repeat(1, S // 8, S // 8)[None]  # (1, 3, S, S)
+        share = torch.tensor([1.0, chroma, chroma], device=x0.device, dtype=x0.dtype)[None, :, None, None]
+        share = torch.where(grey[:, None, None, None], share * torch.tensor([1.0, 0, 0]).to(share)[None, :, None, None],
+                            share)
+        self.bound = strength * torch.minimum(q / 2, c0.abs()) * share
+        self.to_rgb = _YCC_TO_RGB.to(x0)
+
+    def origin(self) -> torch.Tensor:
+        return torch.zeros_like(self.x0)
+
+    def start(self, noise: torch.Tensor | None) -> torch.Tensor:
+        return self.origin() if noise is None else (noise / 255.0).clamp(-0.5, 0.5)
+
+    def image(self, t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        change = block_dct(self.bound.index_select(0, idx) * t, inverse=True)
+        change = torch.einsum("ij,bjhw->bihw", self.to_rgb, change)
+        return (self.x0.index_select(0, idx) + change).clamp(0, 255)
+
+    def tie(self, g: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return g.contiguous()
+
+
+def make_shape(name: str, x0: torch.Tensor, grey: torch.Tensor, strength: float, chroma: float, sizes=None,
+               quality: int = 80):
     if name == "dssim":
         return FreePixels(x0, grey)
     if name == "jnd":
         return MaskedLuma(x0, grey, strength, chroma, sizes)
+    if name == "dct":
+        return QuantisedDct(x0, grey, strength, chroma, quality)
     raise ValueError(f"shape must be one of {', '.join(SHAPES)}, not {name!r}")

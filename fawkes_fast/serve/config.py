@@ -17,7 +17,7 @@ class ServeConfig:
     port: int = 8000
     device: str | None = None
     mode: str = "mid"  # default when a request does not name one
-    extractors: tuple = ("dlib",)
+    extractors: tuple | None = None  # None: each mode's own (optimize/modes.MODE_EXTRACTORS: `high` is joint)
     max_batch: int = 8  # photos per Cloaker.cloak call
     max_wait_ms: float = 25.0  # how long the first request of a batch waits for company
     max_queue: int = 64  # requests waiting for a batch (bodies in and decoded); more get 429
@@ -61,7 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--mode", default=d.mode, choices=MODES, help="default mode of a request")
     p.add_argument("--extractor", action="append", dest="extractors", metavar="NAME",
-                   help="dlib (default), sface, dlib-robust or a model file; repeat for a joint cloak")
+                   help="dlib, sface, facenet, dlib-robust or a model file, for every mode; repeat for a joint cloak "
+                        "(default: each mode's own, dlib for low/mid/paper and dlib + sface + facenet for high)")
     p.add_argument("--max-batch", type=_positive(int), default=d.max_batch, help="photos per batch")
     p.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
                    help="how long a batch waits for more requests")

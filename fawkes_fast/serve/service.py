@@ -5,11 +5,13 @@ import asyncio
 import hmac
 import secrets
 import sys
+import threading
 import time
 
 from fastapi import Request
 
 from ..evaluate.judges import missing as missing_judges
+from ..optimize.modes import extractors_for
 from .admission import PixelBudget, Reservation, queue_full
 from .batcher import Job, MicroBatcher, QueueFull
 from .config import ServeConfig
@@ -34,7 +36,9 @@ class Service:
         self.config = config
         self.token = config.token()
         self.metrics = Metrics()
-        self.cloaker = None
+        self.cloaker = None  # the default mode's, warmed at start-up; other extractor sets load on first use
+        self._cloakers: dict[tuple, object] = {}
+        self._cloakers_lock = threading.Lock()
         self.load_error: str | None = None
         self.draining = False
         self.stopping = False  # the drain's time is up: what is still in flight is answered 503
@@ -47,11 +51,24 @@ class Service:
         self._factory = cloaker_factory or self._default_cloaker
         self.judge = not missing_judges()  # say how visible each cloak is, when the judges are installed
 
-    def _default_cloaker(self):
+    def _default_cloaker(self, extractors: tuple):
         from ..cloaker import Cloaker
 
-        return Cloaker(mode=self.config.mode, extractors=self.config.extractors, device=self.config.device,
+        return Cloaker(mode=self.config.mode, extractors=extractors, device=self.config.device,
                        batch_across_photos=self.config.batch_across_photos)
+
+    def extractors_for(self, mode: str) -> tuple:
+        """--extractor's list for every mode, or the mode's own (`high`: the joint cloak)."""
+        return extractors_for(mode, self.config.extractors)
+
+    def cloaker_for(self, mode: str):
+        """The Cloaker of `mode`'s extractors; one not warmed at start-up loads here, on first use
+        (in the batch's worker thread: that first batch waits for the models)."""
+        key = self.extractors_for(mode)
+        with self._cloakers_lock:
+            if key not in self._cloakers:
+                self._cloakers[key] = self._factory(key)
+            return self._cloakers[key]
 
     def start_batcher(self) -> None:
         c = self.config
@@ -62,7 +79,7 @@ class Service:
     def load(self) -> None:
         """Build and warm the Cloaker (runs in a thread: the server answers /healthz meanwhile)."""
         try:
-            cloaker = self._factory()
+            cloaker = self.cloaker_for(self.config.mode)
             _warm(cloaker)
             self.cloaker = cloaker
             self.metrics.ready.set(1)
@@ -73,8 +90,8 @@ class Service:
 
     def run_batch(self, key, rgbs, seeds, cancel):
         mode, fmt, quality = key
-        return self.cloaker.cloak(rgbs, seed=seeds, mode=mode, format=fmt, quality=quality,
-                                  on_step=stop_when(cancel), judge=self.judge)
+        return self.cloaker_for(mode).cloak(rgbs, seed=seeds, mode=mode, format=fmt, quality=quality,
+                                            on_step=stop_when(cancel), judge=self.judge)
 
     # ------------------------------------------------------------------ admission
     def authorise(self, request: Request) -> None:
