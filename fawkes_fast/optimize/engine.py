@@ -176,7 +176,7 @@ class _Problem:
 
     def budget_terms(self, xa, idx, rows):
         """Per face: DSSIM and how far its colour change exceeds the limits (the mean over each box,
-        the peak anywhere). A bounded shape (the JND map) needs no DSSIM hinge: its DSSIM reads 0 in
+        the peak anywhere). A bounded shape (JND map, JPEG rounding) needs no DSSIM hinge: its DSSIM reads 0 in
         the step, where it cost 18-29% of the step's time (RESULTS §14); the finaliser still checks rho
         on the saved file, and the result's DSSIM is measured once at the end."""
         dss = (torch.zeros(len(rows), device=xa.device) if self.shape.bounded else self.dssim(xa, idx))

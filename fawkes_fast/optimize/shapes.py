@@ -1,6 +1,6 @@
 """What the optimiser moves: the shape of a cloak (issue #22).
 
-Both shapes are optimised in tanh space (the paper's change of variables) by the fused tanh-Adam op;
+Every shape is optimised in tanh space (the paper's change of variables) by the fused tanh-Adam op;
 they differ in what the tanh-space parameter means.
 
   * `FreePixels` ("dssim", the paper's): the parameter is the crop itself, in [0, 255]; how far it may
@@ -11,6 +11,9 @@ they differ in what the tanh-space parameter means.
     masking, combined as in Yang et al.'s NAMM): the eye forgives changes in dark or textured places
     (hair, brows, edges) and sees them on smooth skin, so the cloak goes where it is least seen. The
     bound holds by construction; no hinge is needed.
+  * `QuantisedDct` ("dct", `mid`): t in [-1, 1] per 8x8 block DCT coefficient of the YCbCr crop, each
+    moving by at most strength * min(q/2, |c|): JPEG's rounding at a quality, chosen adversarially.
+    Bounded by construction too.
 """
 from __future__ import annotations
 
