@@ -44,6 +44,7 @@ POINTS = {  # name -> cloak spec (fawkes_fast.evaluate.protocol); the shapes, ea
     # a luma change bounded pixel by pixel by a JND map (texture and luminance masking)
     **{f"jnd_{s}": _jnd(s) for s in (0.12, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.2)},
     "jnd_0.5_own_target": {**_jnd(0.5), "person": False},  # what one target per person buys
+    "dct_q50_s2.0_own_target": {**_jnd(2.0, shape="dct", dct_quality=50, precision="bf16"), "person": False},
     "jnd_0.5_chroma": _jnd(0.5, 0.5),  # chroma allowed at half the luma bound
     # JPEG's rounding chosen adversarially: each 8x8 DCT coefficient moves by <= strength * min(q/2, |c|)
     **{f"dct_q{q}_s{s}": _jnd(s, shape="dct", dct_quality=q, precision="bf16") for q, s in ((50, 2.0), (50, 1.8), (50, 1.6), (30, 1.0))},
