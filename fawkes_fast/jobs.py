@@ -190,24 +190,38 @@ def save_result(job: Job, result, options: SaveOptions, protect: set, seconds: f
 
 # ----------------------------------------------------------------------------- running
 
-def _cloak_batch(cloaker, jobs, batch, options, protect, seed, target, on_row, rows) -> None:
+def _cloak_batch(cloaker, jobs, batch, options, protect, seed, target, on_row, rows, person=None) -> list:
     t0 = time.perf_counter()
     results = cloaker.cloak([jobs[i].source for i in batch], seed=seed, target=target,
-                            format=options.format, quality=options.quality)
+                            format=options.format, quality=options.quality, person=person)
     cloaked = sum(r.status == "cloaked" for r in results)
     share = (time.perf_counter() - t0) / cloaked if cloaked else None
     for i, result in zip(batch, results):  # each photo is on disk before the next batch starts
         rows[i] = save_result(jobs[i], result, options, protect, share)
         if on_row is not None:
             on_row(rows[i])
+    return results
+
+
+def _persons_target(results) -> str | None:
+    """The identity a person's photos chose together (the first cloaked photo's largest face), if any."""
+    for r in results:
+        if r.status == "cloaked" and r.faces and r.faces[0].target:
+            return r.faces[0].target
+    return None
 
 
 def cloak_jobs(cloaker, jobs: list[Job], options: SaveOptions, seed=None, target="max", batch_size: int = 16,
-               on_row=None, should_stop=None) -> list[dict]:
+               on_row=None, should_stop=None, person: str | None = None) -> list[dict]:
     """Cloak the jobs without a preset status, `batch_size` photos per `cloaker.cloak` call, and
     write each photo as soon as its batch is done. Returns one row per job, in order; `on_row`
     sees each row when it is final. `should_stop()` is asked between batches; once it is true
-    (or on Ctrl-C, which raises `Interrupted` with the rows) the rest are skipped."""
+    (or on Ctrl-C, which raises `Interrupted` with the rows) the rest are skipped.
+
+    person: the photos are one person's. The first batch with a cloaked photo chooses the target
+    together (eq. 3 over its photos' largest faces, `person=`); later batches are pushed to that
+    identity, so every photo shares it (one target per person protected 97% against native dlib where
+    one per photo gave 78%: README "Modes")."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     rows: list = [None] * len(jobs)
@@ -222,7 +236,10 @@ def cloak_jobs(cloaker, jobs: list[Job], options: SaveOptions, seed=None, target
         for start in range(0, len(todo), batch_size):
             if should_stop is not None and should_stop():
                 break
-            _cloak_batch(cloaker, jobs, todo[start:start + batch_size], options, protect, seed, target, on_row, rows)
+            results = _cloak_batch(cloaker, jobs, todo[start:start + batch_size], options, protect, seed, target,
+                                   on_row, rows, person)
+            if person is not None and target in ("max", "average"):
+                target = _persons_target(results) or target
     except KeyboardInterrupt:
         raise Interrupted(_fill_interrupted(jobs, rows)) from None
     return _fill_interrupted(jobs, rows)

@@ -415,3 +415,26 @@ def test_evaluate_report_without_matplotlib_fails_first(tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert 'fawkes_fast[eval]' in err and "matplotlib" in err and "Traceback" not in err
     assert calls == [] and not report.exists()
+
+
+def test_person_gives_every_photo_one_target_across_batches(photos, tmp_path, monkeypatch):
+    """--person: the first batch chooses (eq. 3 over its photos) and later batches keep its identity;
+    one target per photo protected 78% where a shared one protected 97% (README "Modes")."""
+    import fawkes_fast.optimize.modes as modes
+
+    monkeypatch.setitem(modes.MODES, "mid", modes.MODES["mid"].with_options(steps=2))
+    for seed in ("0", "1", "2"):  # seeds where the two photos alone choose different targets
+        alone = tmp_path / f"alone{seed}.json"
+        assert main(["cloak", str(photos), "-o", str(tmp_path / f"o{seed}"), "--batch-size", "1", "--seed", seed,
+                     "-q", "--no-judge", "--json", str(alone)]) == 0
+        if len({r["faces"][0]["target"] for r in _rows(alone)}) == 2:
+            break
+    else:
+        pytest.skip("both photos chose the same target alone for every seed tried")
+    shared = tmp_path / "shared.json"
+    assert main(["cloak", str(photos), "-o", str(tmp_path / "p"), "--batch-size", "1", "--seed", seed, "-q",
+                 "--no-judge", "--person", "me", "--json", str(shared)]) == 0
+    rows = _rows(shared)
+    assert [r["status"] for r in rows] == ["cloaked", "cloaked"]
+    assert len({r["faces"][0]["target"] for r in rows}) == 1
+    assert main(["cloak", str(photos), "-o", str(tmp_path / "r"), "--person", "me", "--ray"]) == 2  # refused first
