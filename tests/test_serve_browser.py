@@ -83,13 +83,20 @@ def shown(driver, element) -> bool:
 
 
 def wait_for_file(folder: Path, suffix: str) -> Path:
-    end = time.monotonic() + 60
+    """The downloaded file, once Chrome has finished it: no partial download left in the folder and the
+    same non-zero size on two looks (on a busy machine the name can appear before its bytes)."""
+    end, last = time.monotonic() + 60, None
     while time.monotonic() < end:
-        done = [p for p in folder.iterdir() if p.suffix == suffix]
-        if done:
-            return done[0]
+        files = list(folder.iterdir())
+        done = [p for p in files if p.suffix == suffix]
+        partial = [p for p in files if p.suffix in (".crdownload", ".tmp")]
+        if done and not partial:
+            size = done[0].stat().st_size
+            if size > 0 and size == last:
+                return done[0]
+            last = size
         time.sleep(0.2)
-    raise AssertionError(f"no {suffix} file was downloaded into {folder}: {list(folder.iterdir())}")
+    raise AssertionError(f"no finished {suffix} file was downloaded into {folder}: {list(folder.iterdir())}")
 
 
 def test_page_cloaks_the_astronaut_and_explains_a_faceless_photo(server, browser, tmp_path):
