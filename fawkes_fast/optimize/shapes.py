@@ -17,6 +17,8 @@ they differ in what the tanh-space parameter means.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -48,6 +50,14 @@ def jnd_map(x0: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
     adapt = torch.where(mean <= 127, dark, bright)
     texture = 0.6 * contrast
     return adapt + texture - 0.3 * torch.minimum(adapt, texture)
+
+
+def _channel_share(x0: torch.Tensor, grey: torch.Tensor, chroma: float) -> torch.Tensor:
+    """(B, 3, 1, 1) share of the bound per YCbCr channel: luma 1, chroma `chroma`; a grey photo gets a
+    grey change (luma alone)."""
+    share = torch.tensor([1.0, chroma, chroma], device=x0.device, dtype=x0.dtype)[None, :, None, None]
+    luma = torch.tensor([1.0, 0.0, 0.0], device=x0.device, dtype=x0.dtype)[None, :, None, None]
+    return torch.where(grey[:, None, None, None], share * luma, share)
 
 
 class FreePixels:
@@ -88,9 +98,7 @@ class MaskedLuma:
             j = torch.zeros_like(x0[:, :1])
             for i, n in enumerate(sizes):
                 j[i, :, :n, :n] = jnd_map(x0[i:i + 1, :, :n, :n])[0] * strength
-        share = torch.tensor([1.0, chroma, chroma], device=x0.device, dtype=x0.dtype)[None, :, None, None]
-        share = torch.where(grey[:, None, None, None], share * torch.tensor([1.0, 0, 0]).to(share)[None, :, None, None],
-                            share)  # a grey photo gets a grey change: luma alone
+        share = _channel_share(x0, grey, chroma)
         self.bound = j * share  # (B, 3, S, S), YCbCr grey levels
         self.to_rgb = _YCC_TO_RGB.to(x0)
 
@@ -126,17 +134,18 @@ def jpeg_steps(quality: int) -> torch.Tensor:
     return torch.stack([q[0], q[1], q[1]])
 
 
-def _dct_matrix(n: int = 8) -> torch.Tensor:
+@functools.lru_cache(maxsize=8)
+def _dct_matrix(dtype: torch.dtype, device: torch.device, n: int = 8) -> torch.Tensor:
     k, i = torch.arange(n, dtype=torch.float64)[:, None], torch.arange(n, dtype=torch.float64)[None]
     d = torch.cos(torch.pi * (2 * i + 1) * k / (2 * n)) * (2 / n) ** 0.5
     d[0] /= 2 ** 0.5
-    return d.float()  # orthonormal: D @ D.T = I
+    return d.to(dtype=dtype, device=device)  # orthonormal: D @ D.T = I; built once, not every step
 
 
 def block_dct(x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
     """Orthonormal 8x8 block DCT-II (or its inverse) of (B, C, H, W), H and W multiples of 8."""
     B, C, H, W = x.shape
-    d = _dct_matrix().to(x)
+    d = _dct_matrix(x.dtype, x.device)
     blocks = x.reshape(B, C, H // 8, 8, W // 8, 8)
     out = torch.einsum("ij,bchjwk,lk->bchiwl", d.T if inverse else d, blocks, d.T if inverse else d)
     return out.reshape(B, C, H, W)
@@ -159,9 +168,7 @@ class QuantisedDct:
         ycc = torch.einsum("ij,bjhw->bihw", _RGB_TO_YCC.to(x0), x0 - 128.0)
         c0 = block_dct(ycc)
         q = jpeg_steps(quality).to(x0).repeat(1, S // 8, S // 8)[None]  # (1, 3, S, S)
-        share = torch.tensor([1.0, chroma, chroma], device=x0.device, dtype=x0.dtype)[None, :, None, None]
-        share = torch.where(grey[:, None, None, None], share * torch.tensor([1.0, 0, 0]).to(share)[None, :, None, None],
-                            share)
+        share = _channel_share(x0, grey, chroma)
         self.bound = strength * torch.minimum(q / 2, c0.abs()) * share
         self.to_rgb = _YCC_TO_RGB.to(x0)
 
