@@ -243,7 +243,7 @@ def difference(a, b) -> float:
     worst = 0.0
     for (_, x), (_, y) in zip(_leaves(a), _leaves(b), strict=True):
         if isinstance(x, torch.Tensor):
-            x, y = x.detach().numpy(), y.detach().numpy()
+            x, y = (t.detach().float().numpy() if t.dtype == torch.bfloat16 else t.detach().numpy() for t in (x, y))
         if isinstance(x, np.ndarray):
             if x.shape != y.shape:
                 return float("inf")

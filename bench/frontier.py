@@ -24,14 +24,14 @@ from protection import add_config_args, config_from, run_all  # noqa: E402
 
 from fawkes_fast.evaluate.protocol import MID, Scenario  # noqa: E402
 from fawkes_fast.evaluate.report import replace_block  # noqa: E402
+from fawkes_fast.optimize.modes import BOUNDED  # noqa: E402
 
 PERSON = {**MID, "person": True}  # eq. 3 per user: one target for the user's photos
 
 
 def _jnd(strength: float, chroma: float = 0.0, **extra) -> dict:
     """The JND shape at `strength`, as first measured: 60 steps at lr 0.04, extractors in fp32."""
-    return {**PERSON, "shape": "jnd", "strength": strength, "chroma": chroma, "rho": 0.2,
-            "colour_penalty": 0.0, "precision": "fp32", "steps": 60, "lr": 0.04, **extra}
+    return {**PERSON, **BOUNDED, "precision": "fp32", "shape": "jnd", "strength": strength, "chroma": chroma, **extra}
 
 
 POINTS = {  # name -> cloak spec (fawkes_fast.evaluate.protocol); the shapes, each at several strengths
@@ -51,6 +51,8 @@ POINTS = {  # name -> cloak spec (fawkes_fast.evaluate.protocol); the shapes, ea
     # issue #24: the step's extractors in bf16, and fewer steps at a larger rate
     "jnd_0.6_bf16": _jnd(0.6, precision="bf16"),
     **{f"jnd_{s}_bf16_30": _jnd(s, precision="bf16", steps=30, lr=0.08) for s in (0.5, 0.6)},
+    **{f"dct_q50_s{s}_{n}": _jnd(s, shape="dct", dct_quality=50, precision="bf16", steps=n, lr=lr)
+       for s, n, lr in ((2.0, 30, 0.08), (2.0, 40, 0.06), (2.2, 30, 0.08))},
     # `high`: the joint cloak (dlib + SFace + FaceNet), judged against each native family
     **{f"joint_jnd_{s}": {**_jnd(s, precision="bf16"), "extractors": ["dlib", "sface", "facenet"]} for s in (0.8, 1.2)},
 }

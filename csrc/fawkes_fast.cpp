@@ -1,6 +1,6 @@
 // Operator definitions for the fawkes_fast library, the input checks every backend runs (the
 // only ones: fawkes_fast/ops.py does not repeat them), and the (empty) Python module stub.
-// CPU kernels live in ssim_cpu.cpp / tanh_adam_cpu.cpp, CUDA kernels in the sibling .cu files;
+// CPU kernels live in ssim_cpu.cpp / tanh_adam_cpu.cpp / ordered_mm_cpu.cpp, CUDA kernels in the sibling .cu files;
 // each backend registers itself with TORCH_LIBRARY_IMPL(fawkes_fast, <Backend>, m).
 #ifdef TORCH_EXTENSION_NAME
 #include <Python.h>
@@ -96,18 +96,33 @@ void check_adam_inputs(const at::Tensor& w, const at::Tensor& m, const at::Tenso
                     "fawkes_fast tanh_adam_step: eps must be finite and >= 0, got ", eps);
 }
 
+void check_ordered_mm_inputs(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK_VALUE(a.dim() == 2 && (b.dim() == 2 || b.dim() == 3),
+                    "fawkes_fast ordered_mm: a must be (M, K) and b (K, N) or (B, K, N), got shapes ", a.sizes(),
+                    " and ", b.sizes());
+  TORCH_CHECK_VALUE(a.size(1) == b.size(-2), "fawkes_fast ordered_mm: a is ", a.sizes(), " but b is ", b.sizes(),
+                    " (a's columns must be b's rows)");
+  TORCH_CHECK_TYPE(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat,
+                   "fawkes_fast ordered_mm: a and b must be float32, got ", a.scalar_type(), " and ",
+                   b.scalar_type());
+  TORCH_CHECK_VALUE(a.device() == b.device(), "fawkes_fast ordered_mm: a and b are on different devices: ",
+                    a.device(), " vs ", b.device());
+}
+
 TORCH_LIBRARY(fawkes_fast, m) {
   m.def("ssim_forward(Tensor x, Tensor y, float data_range, bool need_grad) -> (Tensor, Tensor)");
   m.def("ssim_backward(Tensor grad_ssim, Tensor x, Tensor y, Tensor saved, float data_range) -> Tensor");
   m.def(
       "tanh_adam_step(Tensor(a!) w, Tensor(b!) m, Tensor(c!) v, Tensor(d!) x, Tensor grad_x, "
       "Tensor step, Tensor lr, float lo, float hi, float beta1, float beta2, float eps) -> ()");
+  m.def("ordered_mm(Tensor a, Tensor b) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fawkes_fast, CPU, m) {
   m.impl("ssim_forward", &ssim_forward_cpu);
   m.impl("ssim_backward", &ssim_backward_cpu);
   m.impl("tanh_adam_step", &tanh_adam_step_cpu);
+  m.impl("ordered_mm", &ordered_mm_cpu);
 }
 
 }  // namespace fawkes_fast

@@ -18,7 +18,7 @@ import pickle
 from contextlib import contextmanager
 from pathlib import Path
 
-from .jobs import INTERRUPTED, Interrupted, Job, SaveOptions, cloak_jobs, make_row, plan_jobs
+from .jobs import INTERRUPTED, Interrupted, Job, SaveOptions, cloak_jobs, make_row, persons_target, plan_jobs
 
 RAY_MISSING = "the Ray path needs Ray Data: pip install 'fawkes_fast[ray]' (or pip install 'ray[data]')"
 
@@ -42,16 +42,17 @@ def import_ray():
 class CloakActor:
     """One warm Cloaker per Ray actor; each call cloaks one batch of jobs with `cloak_jobs`."""
 
-    def __init__(self, cloaker_kwargs: dict, options: SaveOptions, seed, target, batch_size: int):
+    def __init__(self, cloaker_kwargs: dict, options: SaveOptions, seed, target, batch_size: int, person=None):
         from .cloaker import Cloaker
 
         self.cloaker = Cloaker(**cloaker_kwargs)
         self.options, self.seed, self.target, self.batch_size = options, seed, target, batch_size
+        self.person = person
 
     def __call__(self, batch: dict) -> dict:
         jobs = [Job(Path(str(s)), Path(str(o))) for s, o in zip(batch["source"], batch["output"])]
         rows = cloak_jobs(self.cloaker, jobs, self.options, seed=self.seed, target=self.target,
-                          batch_size=self.batch_size)
+                          batch_size=self.batch_size, person=self.person)
         # pickled: the rows keep their exact types (tuples, nested dicts) through Arrow
         return {"index": batch["index"], "row": [pickle.dumps(r) for r in rows]}
 
@@ -155,13 +156,16 @@ def _collect(ds, rows: list, on_row, should_stop) -> bool:
 
 def cloak_jobs_on_ray(jobs: list[Job], options: SaveOptions, *, cloaker_kwargs: dict | None = None, seed=None,
                       target="max", batch_size: int = 16, address=None, actors: int | None = None,
-                      cpus_per_actor: float = 1, on_row=None, should_stop=None) -> list[dict]:
+                      cpus_per_actor: float = 1, on_row=None, should_stop=None, person=None) -> list[dict]:
     """`jobs.cloak_jobs` on a Ray cluster: the same rows, in the same order, and the same files.
 
     cloaker_kwargs: arguments of each actor's `Cloaker(...)` (mode, extractors, device, options).
     batch_size: photos per actor call, and per `Cloaker.cloak` call inside it.
     Ctrl-C raises `jobs.Interrupted` with a row for every job, as `cloak_jobs` does; once
-    `should_stop()` is true the run stops and the unfinished jobs are reported "skipped"."""
+    `should_stop()` is true the run stops and the unfinished jobs are reported "skipped".
+    person: the photos are one person's, as in `cloak_jobs`: one actor cloaks batch after batch until one
+    chooses the person's target (eq. 3 over its photos), then every actor takes the rest to that identity,
+    so the pixels are those of the local run with the same batch size."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     cloaker_kwargs = dict(cloaker_kwargs or {})
@@ -177,11 +181,20 @@ def cloak_jobs_on_ray(jobs: list[Job], options: SaveOptions, *, cloaker_kwargs: 
         return rows
     with ray_session(address) as ray:
         actors, resources = actor_resources(ray, actors, cpus_per_actor, cloaker_kwargs.get("device"))
-        actor_args = (cloaker_kwargs, options, seed, target, batch_size)
-        ds = _pipeline(ray, todo, actor_args, actors, resources, batch_size)
+        def run(part, target, n_actors) -> bool:
+            ds = _pipeline(ray, part, (cloaker_kwargs, options, seed, target, batch_size, person), n_actors,
+                           resources, batch_size)
+            return _collect(ds, rows, on_row, should_stop)
+
         try:
             with _quiet_progress(ray):
-                _collect(ds, rows, on_row, should_stop)
+                going = True
+                while going and todo and person is not None and target in ("max", "average"):
+                    first, todo = todo[:batch_size], todo[batch_size:]
+                    going = run(first, target, 1)
+                    target = persons_target(rows[i] for i, _ in first) or target
+                if going and todo:
+                    run(todo, target, actors)
         except KeyboardInterrupt:
             raise Interrupted(_finish_unreported(jobs, rows, options, "skipped", INTERRUPTED)) from None
         except ray.exceptions.RayError as e:  # a lost node or actor: the unreported photos failed
@@ -192,7 +205,7 @@ def cloak_jobs_on_ray(jobs: list[Job], options: SaveOptions, *, cloaker_kwargs: 
 def cloak_paths(paths, output_dir=None, *, address=None, actors: int | None = None, mode: str = "mid",
                 format: str = "png", quality: int = 95, seed=None, extractors=None, target="max",
                 device=None, overwrite: bool = False, keep_metadata: bool = False, batch_size: int = 16,
-                cpus_per_actor: float = 1, on_row=None, **cloaker_options) -> list[dict]:
+                cpus_per_actor: float = 1, on_row=None, person=None, **cloaker_options) -> list[dict]:
     """Cloak files and folders on a Ray cluster, as `fawkes-fast cloak PATH... -o DIR` does
     locally: one report row per input found (see `fawkes_fast.jobs`). `cloaker_options` go to
     each actor's `Cloaker` (e.g. steps=, rho=, diversity=, flip=). Outputs already there are left
@@ -202,4 +215,5 @@ def cloak_paths(paths, output_dir=None, *, address=None, actors: int | None = No
                       "batch_size": batch_size, **cloaker_options}
     return cloak_jobs_on_ray(jobs, SaveOptions(format, quality, keep_metadata, overwrite),
                              cloaker_kwargs=cloaker_kwargs, seed=seed, target=target, batch_size=batch_size,
-                             address=address, actors=actors, cpus_per_actor=cpus_per_actor, on_row=on_row)
+                             address=address, actors=actors, cpus_per_actor=cpus_per_actor, on_row=on_row,
+                             person=person)

@@ -190,7 +190,7 @@ def save_result(job: Job, result, options: SaveOptions, protect: set, seconds: f
 
 # ----------------------------------------------------------------------------- running
 
-def _cloak_batch(cloaker, jobs, batch, options, protect, seed, target, on_row, rows, person=None) -> list:
+def _cloak_batch(cloaker, jobs, batch, options, protect, seed, target, on_row, rows, person=None) -> None:
     t0 = time.perf_counter()
     results = cloaker.cloak([jobs[i].source for i in batch], seed=seed, target=target,
                             format=options.format, quality=options.quality, person=person)
@@ -200,14 +200,13 @@ def _cloak_batch(cloaker, jobs, batch, options, protect, seed, target, on_row, r
         rows[i] = save_result(jobs[i], result, options, protect, share)
         if on_row is not None:
             on_row(rows[i])
-    return results
 
 
-def _persons_target(results) -> str | None:
+def persons_target(rows) -> str | None:
     """The identity a person's photos chose together (the first cloaked photo's largest face), if any."""
-    for r in results:
-        if r.status == "cloaked" and r.faces and r.faces[0].target:
-            return r.faces[0].target
+    for r in rows:
+        if r["status"] == "cloaked" and r["faces"] and r["faces"][0]["target"]:
+            return r["faces"][0]["target"]
     return None
 
 
@@ -236,10 +235,10 @@ def cloak_jobs(cloaker, jobs: list[Job], options: SaveOptions, seed=None, target
         for start in range(0, len(todo), batch_size):
             if should_stop is not None and should_stop():
                 break
-            results = _cloak_batch(cloaker, jobs, todo[start:start + batch_size], options, protect, seed, target,
-                                   on_row, rows, person)
+            batch = todo[start:start + batch_size]
+            _cloak_batch(cloaker, jobs, batch, options, protect, seed, target, on_row, rows, person)
             if person is not None and target in ("max", "average"):
-                target = _persons_target(results) or target
+                target = persons_target(rows[i] for i in batch) or target
     except KeyboardInterrupt:
         raise Interrupted(_fill_interrupted(jobs, rows)) from None
     return _fill_interrupted(jobs, rows)

@@ -7,6 +7,8 @@ Public API (what the optimiser and finalize use)
 ``tanh_adam_step(w, m, v, x, grad_x, step, lr, lo=0., hi=255., beta1=0.9, beta2=0.999,
                  eps=1e-8) -> None``                     (in place on w, m, v, x)
 ``tanh_to_image(w, lo, hi)`` / ``image_to_tanh(x, lo, hi)``
+``ordered_mm(a, b) -> Tensor``                            a @ b, each output's sum in one fixed order on
+                                                         the CPU, whatever the thread count (issue #23)
 ``HAS_EXTENSION``: True when the compiled ``fawkes_fast._C`` loaded. Otherwise every op routes
 to :mod:`fawkes_fast.ops_reference` (pure PyTorch) and a RuntimeWarning is issued once.
 
@@ -37,7 +39,7 @@ import torch
 
 from . import ops_reference as _ref
 
-__all__ = ["HAS_EXTENSION", "ssim", "dssim", "tanh_adam_step", "tanh_to_image", "image_to_tanh"]
+__all__ = ["HAS_EXTENSION", "ssim", "dssim", "tanh_adam_step", "tanh_to_image", "image_to_tanh", "ordered_mm"]
 
 try:
     from . import _C  # noqa: F401  (loading the .so registers torch.ops.fawkes_fast.*)
@@ -100,6 +102,16 @@ def tanh_adam_step(w, m, v, x, grad_x, step, lr, lo: float = 0.0, hi: float = 25
         _ref.tanh_adam_step(w, m, v, x, grad_x, step, lr, lo, hi, beta1, beta2, eps)
         return
     torch.ops.fawkes_fast.tanh_adam_step(w, m, v, x, grad_x, step, lr, lo, hi, beta1, beta2, eps)
+
+
+# ------------------------------------------------------------------------------ ordered product
+def ordered_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b for float32 (M, K) @ (K, N), or (M, K) @ (B, K, N) -> (B, M, N), differentiable in both. On the CPU each output is
+    summed over k in order, so its bits do not depend on the number of threads (BLAS and oneDNN split
+    small products' sums among threads). Without the extension: torch's product, whose bits may."""
+    if not _use_ext(a):
+        return _ref.ordered_mm(a, b)
+    return torch.ops.fawkes_fast.ordered_mm(a, b)
 
 
 def tanh_to_image(w: torch.Tensor, lo: float = 0.0, hi: float = 255.0) -> torch.Tensor:
@@ -181,3 +193,31 @@ if HAS_EXTENSION:
 
     torch.library.register_autograd("fawkes_fast::ssim_forward", _ssim_backward,
                                     setup_context=_ssim_setup_context)
+
+    @torch.library.register_fake("fawkes_fast::ordered_mm")
+    def _ordered_mm_fake(a, b):
+        torch._check_value(a.dim() == 2 and b.dim() in (2, 3), lambda: "fawkes_fast ordered_mm: a must be (M, K) "
+                           f"and b (K, N) or (B, K, N), got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        torch._check_value(a.shape[1] == b.shape[-2], lambda: f"fawkes_fast ordered_mm: a is {tuple(a.shape)} but "
+                           f"b is {tuple(b.shape)} (a's columns must be b's rows)")
+        torch._check_type(a.dtype == torch.float32 and b.dtype == torch.float32,
+                          lambda: f"fawkes_fast ordered_mm: a and b must be float32, got {a.dtype} and {b.dtype}")
+        return a.new_empty((*b.shape[:-2], a.shape[0], b.shape[-1]))
+
+    def _ordered_mm_setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _ordered_mm_backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:  # summed over the batch: (M, B*N) @ (B*N, K)
+            g = grad if b.dim() == 2 else grad.transpose(0, 1).reshape(grad.shape[1], -1)
+            bt = b.t() if b.dim() == 2 else b.transpose(1, 2).reshape(-1, b.shape[1])
+            grad_a = ordered_mm(g.contiguous(), bt.contiguous())
+        if ctx.needs_input_grad[1]:
+            grad_b = ordered_mm(a.t().contiguous(), grad)
+        return grad_a, grad_b
+
+    torch.library.register_autograd("fawkes_fast::ordered_mm", _ordered_mm_backward,
+                                    setup_context=_ordered_mm_setup_context)

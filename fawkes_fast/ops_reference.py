@@ -87,3 +87,8 @@ def tanh_adam_step(w, m, v, x, grad_x, step, lr, lo=0.0, hi=255.0, beta1=0.9, be
         v.copy_(torch.where(active, v_new, v))
         w.copy_(torch.where(active, w_new, w))
         x.copy_(torch.where(active, x_new, x))
+
+
+def ordered_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b (the reference of the fixed-order product; torch's own sums may follow the thread count)."""
+    return a @ b

@@ -120,6 +120,21 @@ def test_ray_run_matches_the_local_run(cluster, photos, local_run, tmp_path, cpu
     assert [comparable(r, tmp_path) for r in rows] == [comparable(r, local_out) for r in local_rows]
 
 
+def test_one_person_shares_one_target_on_ray_as_locally(cluster, photos, tmp_path):
+    """person=: the first batch (one actor) chooses the person's target, every later batch keeps it,
+    and the files are the local run's with the same batch size."""
+    from fawkes_fast import Cloaker
+
+    local = cloak_jobs(Cloaker(**FAST), plan_jobs([photos], tmp_path / "local"), SaveOptions(), seed=SEED,
+                       batch_size=BATCH, person="me")
+    rows = on_ray(photos, tmp_path / "ray", person="me")
+    cloaked = [r for r in rows if r["status"] == "cloaked"]
+    assert len(cloaked) >= FACE_PHOTOS - 2
+    assert len({r["faces"][0]["target"] for r in cloaked}) == 1
+    assert [comparable(r, tmp_path / "ray") for r in rows] == [comparable(r, tmp_path / "local") for r in local]
+    assert_same_pixels(tmp_path / "ray", tmp_path / "local", outputs(tmp_path / "local"))
+
+
 def test_a_stopped_run_resumes_where_it_stopped(cluster, photos, local_run, tmp_path):
     from fawkes_fast.distributed import cloak_jobs_on_ray
 

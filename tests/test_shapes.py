@@ -53,7 +53,7 @@ def test_block_dct_is_jpegs_transform():
     """Against an independent reference: scipy's orthonormal DCT-II of each 8x8 block (JPEG's FDCT)."""
     from scipy.fft import dctn
 
-    from fawkes_fast.optimize.shapes import block_dct, jpeg_steps
+    from fawkes_fast.optimize.jpeg_dct import block_dct, jpeg_steps
 
     x = torch.rand(2, 3, 16, 24, generator=torch.Generator().manual_seed(0)) * 255
     c = block_dct(x)
@@ -65,7 +65,8 @@ def test_block_dct_is_jpegs_transform():
 
 
 def test_quantised_dct_moves_each_coefficient_within_jpegs_rounding():
-    from fawkes_fast.optimize.shapes import QuantisedDct, block_dct, jpeg_steps
+    from fawkes_fast.optimize.jpeg_dct import block_dct, jpeg_steps
+    from fawkes_fast.optimize.shapes import QuantisedDct
 
     x0 = _crops(S=32)
     x0[:, :, :8, :8] = 100.0  # a flat block: it has no AC coefficient, so it may gain none

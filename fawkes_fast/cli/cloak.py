@@ -40,7 +40,7 @@ def add_cloak_options(p) -> None:
     p.add_argument("--target", default="max", help="max, average, none, or a target-bank identity")
     p.add_argument("--person", default=None, metavar="KEY",
                    help="the photos are all of one person: their largest faces share one target, chosen by the "
-                        "first batch together (protects more than one target per photo; not with --ray)")
+                        "first batch together (protects more than one target per photo)")
     p.add_argument("--diversity", type=float_between(0.0, 1.0), default=None, metavar="S",
                    help="random resize/shift/blur/JPEG each step (0-1; helps transfer to unseen trackers)")
     p.add_argument("--flip", action="store_true", default=None, help="flip-averaged features while optimising")
@@ -166,7 +166,7 @@ def _run(args, jobs, cloaker) -> tuple[list[dict], bool]:
                    on_row=bar and (lambda row: bar.update(1)), should_stop=stop.is_set)
         try:
             if on_ray(args):
-                rows = _cloak_on_ray(args, jobs, options, **run)
+                rows = _cloak_on_ray(args, jobs, options, person=args.person, **run)
             else:
                 rows = cloak_jobs(cloaker, jobs, options, person=args.person, **run)
             interrupted = stop.is_set()
@@ -179,9 +179,7 @@ def _run(args, jobs, cloaker) -> tuple[list[dict], bool]:
 
 
 def check_ray(args) -> None:
-    """With --ray, Ray Data must be installed, and --person is not taken: said before anything else is done."""
-    if on_ray(args) and getattr(args, "person", None) is not None:
-        raise UsageError("--person is not supported with --ray yet: each actor would choose its own target")
+    """With --ray, Ray Data must be installed: said before anything else is done."""
     if on_ray(args):
         try:
             import_ray()

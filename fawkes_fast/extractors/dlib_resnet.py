@@ -20,12 +20,13 @@ conv 1x1 (stride-2 convs and pools have no padding in dlib).
 Each affine (the batch-norm of training, frozen to per-channel scale/shift) is folded into
 the conv before it, so the forward pass is conv + relu + pool + add only.
 
-The cloak's pixels must not depend on how many threads compute them (issue #23), and three of
-torch's CPU choices did: for one chip, oneDNN's backward of the strided 7x7 stem and MKL's
-channels-last products behind the convs of the 128-to-256 block (8x8 and 3x3 inputs); for a batch
-of five, MKL's product of the final fully connected layer. So the stem runs as the same sums over a
-space-to-depth input (`_SpaceToDepthConv`), that block keeps the plain NCHW layout (`plain_layout`)
-while the rest stays channels-last (faster), and the last layer sums its products row by row.
+The cloak's pixels must not depend on how many threads compute them (issue #23), and torch's CPU
+choices did: for one chip, oneDNN's backward of the strided 7x7 stem; the convs of the last stages
+(maps of 8x8 and smaller), whose sums oneDNN and MKL split among threads (on an AMD EPYC in the
+128-to-256 block only, on an AVX-512 Xeon in every conv there); for a batch of five, MKL's product of
+the final fully connected layer. So the stem runs as the same sums over a space-to-depth input
+(`_SpaceToDepthConv`), the 128- and 256-channel stages as fixed-order products (`_OrderedConv`) while
+the rest stays channels-last (faster), and the last layer sums its products row by row.
 tests/test_determinism.py checks 1 thread against 2.
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model_files import dlib_model
+from ..ops import HAS_EXTENSION
 from .dlib_format import DlibFormatError, DlibNet, Layer, parse_dlib_net
 
 CHIP_SIZE = 150
@@ -79,6 +81,37 @@ class _SpaceToDepthConv(nn.Conv2d):
         return F.conv2d(F.pixel_unshuffle(x, 2), w, self.bias)
 
 
+if HAS_EXTENSION:  # a plain function, so that TorchScript can script and trace the module
+    def _ordered_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.ops.fawkes_fast.ordered_mm(a, b)
+else:  # ops.py has warned: torch's product, whose bits may follow the thread count
+    def _ordered_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+
+class _OrderedConv(nn.Conv2d):
+    """A conv as an unfolded product whose every sum runs in one fixed order (`ops.ordered_mm`), for the
+    last stages' small maps (8x8 and below): in float32, oneDNN and BLAS split those sums among the
+    threads, so their bits followed the thread count on some CPUs (AVX-512 Xeons; issue #23). Under
+    autocast (the bf16 step) the plain conv runs: oneDNN's bf16 kernels there gave the same bits with 1
+    and 2 threads (bench/determinism.py --ops), and the fixed-order float32 product cost 2.2x the
+    network's forward and backward at batch 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # (the sole condition, so TorchScript skips the block)
+            if torch.is_autocast_enabled(x.device.type) and not torch.jit.is_tracing():
+                return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
+        # the output's size, from a one-channel pool of the same geometry: size arithmetic here would
+        # be traced into tensor constants, which a TorchScript copy cannot load onto the meta device
+        B, _, h, w = F.avg_pool2d(x[:, :1], k, s, p).shape
+        cols = F.unfold(x.float(), k, padding=p, stride=s)  # (B, C*k*k, h*w)
+        bias = self.bias
+        assert bias is not None  # every dlib conv has one (folded affine); says so to TorchScript
+        y = _ordered_mm(self.weight.float().reshape(self.out_channels, -1), cols) + bias.float()[:, None]
+        return y.view(B, self.out_channels, h, w)
+
+
 class _ResidualDown(nn.Module):
     """ares_down<N>: relu(avg_pool2x2/2(x) (+) conv2(relu(conv1_stride2_pad0(x)))).
 
@@ -93,11 +126,8 @@ class _ResidualDown(nn.Module):
         self.conv1 = conv1
         self.conv2 = conv2
         self.extra_channels: int = conv2.out_channels - conv1.in_channels
-        self.plain_layout: bool = False  # NCHW input and weights in a channels-last network (see read_dlib_resnet)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.plain_layout:
-            x = x.contiguous()
         y = self.conv2(F.relu(self.conv1(x)))
         s = F.avg_pool2d(x, 2, 2)
         if self.extra_channels > 0:
@@ -186,20 +216,20 @@ class _Layers:
         if p["size"] != (size, size) or p["stride"] != (stride, stride) or p["padding"] != (0, 0):
             raise self._fail(f"{kind} {p}, expected {size}x{size}/{stride} without padding")
 
-    def ares(self, ch: int) -> nn.Module:
+    def ares(self, ch: int, kind=nn.Conv2d) -> nn.Module:
         self.tag()                                   # tag1
-        c1 = self.conv_affine(ch, ch, 3, 1)
+        c1 = self.conv_affine(ch, ch, 3, 1, kind)
         self.take("relu_")
-        c2 = self.conv_affine(ch, ch, 3, 1)
+        c2 = self.conv_affine(ch, ch, 3, 1, kind)
         self.take("add_prev_")                       # + tag1
         self.take("relu_")
         return _Residual(c1, c2)
 
-    def ares_down(self, in_ch: int, ch: int) -> nn.Module:
+    def ares_down(self, in_ch: int, ch: int, kind=nn.Conv2d) -> nn.Module:
         self.tag()                                   # tag1
-        c1 = self.conv_affine(in_ch, ch, 3, 2)
+        c1 = self.conv_affine(in_ch, ch, 3, 2, kind)
         self.take("relu_")
-        c2 = self.conv_affine(ch, ch, 3, 1)
+        c2 = self.conv_affine(ch, ch, 3, 1, kind)
         self.tag()                                   # tag2
         self.tag()                                   # skip1 (back to tag1)
         self.pool("avg_pool_2", 2, 2)
@@ -229,11 +259,12 @@ def build_dlib_resnet(net: DlibNet, source: str = "<bytes>") -> DlibResNet:
     blocks: list[nn.Module] = []
     ch = 32
     for out_ch, n_res, down in _STAGES:
+        kind = _OrderedConv if out_ch >= 128 else nn.Conv2d  # the 8x8-and-smaller stages
         if down:
-            blocks.append(layers.ares_down(ch, out_ch))
+            blocks.append(layers.ares_down(ch, out_ch, kind))
             ch = out_ch
         for _ in range(n_res):
-            blocks.append(layers.ares(ch))
+            blocks.append(layers.ares(ch, kind))
     layers.pool("avg_pool_2", 0, 1)               # avg_pool_everything
     fcp = layers.take("fc_2").params
     w = fcp["weight"]
@@ -264,8 +295,8 @@ def read_dlib_resnet(path: str | Path | None = None, *, channels_last: bool = Tr
 
     ``channels_last`` stores the conv weights in channels-last layout, which makes torch pick
     its oneDNN kernels on CPU even for plain NCHW input (measured 1.5-3x faster here, forward
-    and backward; the outputs are the same either way), except in the 128-to-256 block: for one
-    chip, its channels-last convs sum in an order that depends on the thread count (issue #23).
+    and backward; the outputs are the same either way), except in the fixed-order convs of the last
+    stages (`_OrderedConv`), which read each filter as one row.
     """
     path = dlib_model(MODEL_FILE) if path is None else Path(path)
     if not path.is_file():
@@ -278,8 +309,7 @@ def read_dlib_resnet(path: str | Path | None = None, *, channels_last: bool = Tr
     model = build_dlib_resnet(net, str(path))
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-        for block in model.blocks:
-            if isinstance(block, _ResidualDown) and block.conv1.in_channels == 128:
-                block.to(memory_format=torch.contiguous_format)
-                block.plain_layout = True
+        for conv in model.modules():
+            if isinstance(conv, _OrderedConv):  # its product reads each filter as one row
+                conv.to(memory_format=torch.contiguous_format)
     return model

@@ -12,6 +12,7 @@ import torch
 
 from ..io.files import write_atomic
 from ..model_files import cache_dir
+from ..ops import HAS_EXTENSION  # loads the fawkes_fast ops a cached trace may call (dlib's ordered_mm)
 from .base import Extractor
 from .registry import builtin, builtin_names
 
@@ -47,7 +48,7 @@ def cached_builtin(name: str, force: bool = False) -> Path:
     loader = builtin(name)
     src = loader.source()
     # keyed on the model file's content (retrained weights keep their size) and the converter code
-    h = hashlib.sha256(f"{name}:{src.name}:{torch.__version__}".encode())
+    h = hashlib.sha256(f"{name}:{src.name}:{torch.__version__}:{HAS_EXTENSION}".encode())
     h.update(src.read_bytes())
     for f in loader.converters:
         h.update(_CODE.get(f, b""))

@@ -65,13 +65,16 @@ class Settings:
         return replace(self, **options)
 
 
+# what every bounded (jnd, dct) mode shares; bench/frontier.py builds its points from it too
+BOUNDED = {"chroma": 0.0, "rho": 0.2, "colour_penalty": 0.0, "steps": 60, "lr": 0.04, "precision": "bf16"}
+
+
 def _bounded(shape: str, strength: float, **extra) -> Settings:
     """A luma cloak bounded by its shape; its DSSIM (reported for every cloak) is capped loosely by rho,
     never reached at these strengths, and the colour hinge is off (the change is luma only). The step's
     extractors run in bf16 where they can (the dlib family; 1.5-2.3x the peer's step on a CPU, same
     protection: bench/RESULTS.md §14); the targets, the start and the reports stay fp32."""
-    return Settings(shape=shape, strength=strength, chroma=0.0, rho=0.2, colour_penalty=0.0, steps=60, lr=0.04,
-                    precision="bf16", **extra)
+    return Settings(**{**BOUNDED, "shape": shape, "strength": strength, **extra})
 
 
 MODES = {
