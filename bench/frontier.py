@@ -48,6 +48,8 @@ POINTS = {  # name -> cloak spec (fawkes_fast.evaluate.protocol); the shapes, ea
     "jnd_0.5_chroma": _jnd(0.5, 0.5),  # chroma allowed at half the luma bound
     # JPEG's rounding chosen adversarially: each 8x8 DCT coefficient moves by <= strength * min(q/2, |c|)
     **{f"dct_q{q}_s{s}": _jnd(s, shape="dct", dct_quality=q, precision="bf16") for q, s in ((50, 2.0), (50, 1.8), (50, 1.6), (30, 1.0))},
+    # the same DCT change bounded by JPEG steganography's cost maps (q/2 where cheaper than the median)
+    **{f"{c}_{s}": _jnd(s, shape=c, dct_quality=50, precision="bf16") for c in ("uerd", "juniward") for s in (0.6,)},
     # issue #24: the step's extractors in bf16, and fewer steps at a larger rate
     "jnd_0.6_bf16": _jnd(0.6, precision="bf16"),
     **{f"jnd_{s}_bf16_30": _jnd(s, precision="bf16", steps=30, lr=0.08) for s in (0.5, 0.6)},
@@ -87,9 +89,9 @@ def table(rs: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
     for r in rs:
         j, sp = r["judges"], r["spec"]
-        shape = (f"{sp['shape']} ×{sp['strength']}" + (f" of q{sp['dct_quality']}'s rounding" if sp["shape"] == "dct" else "")
+        shape = (f"{sp['shape']} ×{sp['strength']}" + (f" of q{sp['dct_quality']}'s rounding" if sp["shape"] != "jnd" else "")
                  + (f", chroma {sp['chroma']}" if sp.get("chroma") else "")
-                 if sp.get("shape") in ("jnd", "dct") else f"dssim ρ {sp.get('rho', 0.007)}"
+                 if sp.get("shape", "dssim") != "dssim" else f"dssim ρ {sp.get('rho', 0.007)}"
                  + (", caps off" if sp.get("colour_penalty") == 0 else ""))
         shape += "" if sp.get("person") else ", own target per photo"
         shape += f", {sp['precision']}" if sp.get("precision", "fp32") != "fp32" else ""
@@ -145,6 +147,7 @@ def plot(rs: list[dict], path: Path, extra=()) -> None:
             sp = r["spec"]
             g = ("JND-masked luma" + (" + chroma" if sp.get("chroma") else "") if sp.get("shape") == "jnd"
                  else f"JPEG rounding (DCT, q{sp['dct_quality']})" if sp.get("shape") == "dct"
+                 else f"DCT, {sp['shape'].upper()} cost map (q{sp['dct_quality']})" if sp.get("shape") in ("uerd", "juniward")
                  else "free pixels, DSSIM" + (" (caps off)" if sp.get("colour_penalty") == 0 else " (caps on)"))
             g += "" if sp.get("person") else ", own target"
             groups.setdefault(g, []).append(r)

@@ -2,6 +2,7 @@
 
 Uploads the bundled astronaut, waits for the result, checks the before/after images and that the
 downloaded file is a valid cloaked image; then a faceless image and its plain-language message.
+A second photo of the same person goes to the first one's target.
 The page runs under its Content-Security-Policy (its inline script and style allowed by hash), and
 its zip marks names as UTF-8 and carries dates. Skips only where no browser is installed.
 Set FAWKES_SERVE_SCREENSHOT=PATH to save the page.
@@ -132,6 +133,12 @@ def test_page_cloaks_the_astronaut_and_explains_a_faceless_photo(server, browser
         entry = z.infolist()[0]
         assert entry.flag_bits & 0x800, "the name must be marked as UTF-8"
         assert abs(datetime(*entry.date_time) - datetime.now()).total_seconds() < 3600, entry.date_time
+    # "All photos show the same person" (on by default): a later photo is sent to the first one's target
+    smaller = tmp_path / "smaller.png"
+    smaller.write_bytes(astronaut_png(224))
+    second = upload(browser, smaller)
+    assert second.get_attribute("data-status") == "cloaked", second.text
+    assert card.get_attribute("data-target") and second.get_attribute("data-target") == card.get_attribute("data-target")
     blocked = [e["message"] for e in browser.get_log("browser") if "Content Security Policy" in e["message"]]
     assert not blocked, blocked
     if os.environ.get("FAWKES_SERVE_SCREENSHOT"):

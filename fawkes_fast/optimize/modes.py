@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-SHAPES = ("dssim", "jnd", "dct")  # what the optimiser moves: see shapes.py
+SHAPES = ("dssim", "jnd", "dct", "uerd", "juniward")  # what the optimiser moves: see shapes.py
 PRECISIONS = ("fp32", "bf16", "fp16")  # of the extractors inside the step: see precision.py
 
 
@@ -38,7 +38,7 @@ class Settings:
     strength: float = 1.0  # "jnd": the bound as a multiple of the JND map
     chroma: float = 0.5  # "jnd": the chroma bound as a share of the luma bound
     precision: str = "fp32"  # the extractors inside the step: "fp32", or "bf16"/"fp16" autocast (precision.py)
-    dct_quality: int = 80  # "dct": the JPEG quality whose quantisation steps bound the change
+    dct_quality: int = 80  # "dct", "uerd", "juniward": the JPEG quality whose quantisation steps bound the change
 
     def __post_init__(self):
         bad = [f"{name}={getattr(self, name)!r} (must be {rule})" for name, ok, rule in (

@@ -14,6 +14,9 @@ they differ in what the tanh-space parameter means.
   * `QuantisedDct` ("dct", `mid`): t in [-1, 1] per 8x8 block DCT coefficient of the YCbCr crop, each
     moving by at most strength * min(q/2, |c|): JPEG's rounding at a quality, chosen adversarially.
     Bounded by construction too.
+  * "uerd" and "juniward": the same change of the DCT coefficients, each bounded instead by JPEG
+    steganography's cost map (stego_costs.py): q/2 where a change costs no more than the crop's median,
+    less where it costs more. Measured on the frontier; not a mode.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .jpeg_dct import block_dct, jpeg_steps
+from .stego_costs import COSTS, bound_from_cost
 from .modes import SHAPES
 
 # RGB -> YCbCr (BT.601, full range) and back; only differences are converted, so no offsets
@@ -126,16 +130,22 @@ class QuantisedDct:
     lo, hi = -1.0, 1.0
     bounded = True
 
-    def __init__(self, x0: torch.Tensor, grey: torch.Tensor, strength: float, chroma: float, quality: int):
+    def __init__(self, x0: torch.Tensor, grey: torch.Tensor, strength: float, chroma: float, quality: int,
+                 cost: str | None = None):
         B, _, S, _ = x0.shape
         if S % 8:
             raise ValueError(f"the dct shape needs crops whose side is a multiple of 8, not {S}")
         self.x0 = x0
         ycc = torch.einsum("ij,bjhw->bihw", _RGB_TO_YCC.to(x0), x0 - 128.0)
-        c0 = block_dct(ycc)
-        q = jpeg_steps(quality).to(x0).repeat(1, S // 8, S // 8)[None]  # (1, 3, S, S)
+        steps = jpeg_steps(quality).to(x0)
         share = _channel_share(x0, grey, chroma)
-        self.bound = strength * torch.minimum(q / 2, c0.abs()) * share
+        if cost is None:
+            q = steps.repeat(1, S // 8, S // 8)[None]  # (1, 3, S, S)
+            self.bound = strength * torch.minimum(q / 2, block_dct(ycc).abs()) * share
+        else:  # a channel with no share skips its cost map
+            self.bound = strength * share * torch.cat([
+                bound_from_cost(COSTS[cost](ycc[:, k:k + 1] + 128.0, steps[k]), steps[k]) if k == 0 or chroma > 0
+                else torch.zeros_like(ycc[:, :1]) for k in range(3)], 1)
         self.to_rgb = _YCC_TO_RGB.to(x0)
 
     def origin(self) -> torch.Tensor:
@@ -161,4 +171,6 @@ def make_shape(name: str, x0: torch.Tensor, grey: torch.Tensor, strength: float,
         return MaskedLuma(x0, grey, strength, chroma, sizes)
     if name == "dct":
         return QuantisedDct(x0, grey, strength, chroma, quality)
+    if name in COSTS:
+        return QuantisedDct(x0, grey, strength, chroma, quality, cost=name)
     raise ValueError(f"shape must be one of {', '.join(SHAPES)}, not {name!r}")

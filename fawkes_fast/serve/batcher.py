@@ -1,7 +1,7 @@
 """Micro-batching: concurrent requests become one `Cloaker.cloak` call on the warm models.
 
 A batch starts when a worker is free and a request is waiting. It then waits up to
-`max_wait_s` for more requests with the same settings (mode, format, quality), up to `max_batch`
+`max_wait_s` for more requests with the same settings (mode, format, quality, target), up to `max_batch`
 photos, and runs them as ONE call in a worker thread, one seed per photo (a photo's pixels depend
 only on the photo, its seed and the settings, not on its batch-mates). Requests whose client left,
 or whose deadline passed, before their batch started are dropped from it; once a batch runs,
@@ -28,7 +28,7 @@ class QueueFull(Exception):
 @dataclass(eq=False)
 class Job:
     rgb: np.ndarray
-    key: tuple  # (mode, format, quality): photos of one call share these
+    key: tuple  # (mode, format, quality, target): photos of one call share these
     seed: int
     future: asyncio.Future = field(default=None)
     abandoned: bool = False

@@ -53,9 +53,12 @@ def result_response(result, *, fmt: str, seed: int, batch_size: int, want_json: 
                "X-Fawkes-Batch-Size": str(batch_size)}
     if result.status == "cloaked" and result.encoded:
         faces = [face_summary(f, full=want_json) for f in result.faces]
+        target = faces[0]["target"] if faces else None  # the largest face's: pass it as ?target= to
+        if target is not None:                           # give a person's other photos the same one
+            headers["X-Fawkes-Target"] = target
         if want_json:
             body = {"status": "cloaked", "seed": seed, "format": fmt, "content_type": FORMATS[fmt],
-                    "batch_size": batch_size, "faces": faces,
+                    "batch_size": batch_size, "target": target, "faces": faces,
                     "image": base64.b64encode(result.encoded).decode("ascii")}
             return JSONResponse(body, headers=headers)
         headers["X-Fawkes-Faces"] = json.dumps(faces, separators=(",", ":"))

@@ -10,6 +10,7 @@ import time
 
 from fastapi import Request
 
+from ..cloaker import check_target
 from ..evaluate.judges import missing as missing_judges
 from ..optimize.modes import extractors_for
 from .admission import PixelBudget, Reservation, queue_full
@@ -89,9 +90,16 @@ class Service:
             print(f"fawkes-fast serve: models failed to load: {self.load_error}", file=sys.stderr, flush=True)
 
     def run_batch(self, key, rgbs, seeds, cancel):
-        mode, fmt, quality = key
+        mode, fmt, quality, target = key
         return self.cloaker_for(mode).cloak(rgbs, seed=seeds, mode=mode, format=fmt, quality=quality,
-                                            on_step=stop_when(cancel), judge=self.judge)
+                                            target=target, on_step=stop_when(cancel), judge=self.judge)
+
+    def check_target(self, target: str, mode: str) -> None:
+        """400 for a target no photo of `mode` could be cloaked toward (an identity the bank lacks)."""
+        try:
+            check_target(target, self.extractors_for(mode))
+        except ValueError as e:
+            raise Problem(400, "bad_request", f"target: {e}") from None
 
     # ------------------------------------------------------------------ admission
     def authorise(self, request: Request) -> None:

@@ -14,10 +14,10 @@ from .config import FORMATS, MODES
 from .limits import ClientLeft, Problem, check_declared_length, check_header, decode, read_body
 from .responses import problem_response, result_response
 
-OPTIONS = ("mode", "format", "quality", "seed")
+OPTIONS = ("mode", "format", "quality", "seed", "target")
 
 
-def parse_options(query, default_mode: str) -> tuple[str, str, int, int | None]:
+def parse_options(query, default_mode: str) -> tuple[str, str, int, int | None, str]:
     unknown = sorted(set(query) - set(OPTIONS))
     if unknown:
         raise Problem(400, "bad_request", f"unknown option(s): {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
@@ -34,7 +34,10 @@ def parse_options(query, default_mode: str) -> tuple[str, str, int, int | None]:
         raise Problem(400, "bad_request", "quality and seed must be whole numbers") from None
     if not 1 <= quality <= 100 or (seed is not None and not 0 <= seed < 2**32):
         raise Problem(400, "bad_request", "quality must be in 1..100 and seed in 0..2^32-1")
-    return mode, fmt, quality, seed
+    target = query.get("target", "max")
+    if not target or len(target) > 200 or not target.isprintable():
+        raise Problem(400, "bad_request", "target must be max, average, none or a target bank identity's name")
+    return mode, fmt, quality, seed, target
 
 
 async def _single(body: bytes):
@@ -91,7 +94,8 @@ async def _answer(service, request: Request):
     service.authorise(request)
     service.refuse_if_unavailable()
     cfg = service.config
-    mode, fmt, quality, seed = parse_options(request.query_params, cfg.mode)
+    mode, fmt, quality, seed, target = parse_options(request.query_params, cfg.mode)
+    service.check_target(target, mode)
     data = await read_upload(service, request)
     arrived = time.monotonic()
     pixels = check_header(data, cfg.max_pixels)  # header only: cheap, before any pixel is decoded
@@ -101,7 +105,7 @@ async def _answer(service, request: Request):
         rgb = await asyncio.to_thread(decode, data)
         del data
         seed = service.new_seed() if seed is None else seed
-        job = Job(rgb, (mode, fmt, quality), seed, on_release=reservation.release)
+        job = Job(rgb, (mode, fmt, quality, target), seed, on_release=reservation.release)
         del rgb
         outcome = await wait_result(service, request, job, arrived + cfg.timeout_s)
     finally:
