@@ -82,6 +82,30 @@ def test_autocast_reaches_only_what_it_can(dlib_chips):
     assert with_precision(sface, "bf16") is sface
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_weights_stored_cast_give_autocasts_bits(dlib_chips, precision):
+    """The step's module keeps its conv weights in the reduced dtype (and on a CPU channels_last), so
+    autocast casts only activations: features and chip gradients are bit for bit those of autocast
+    over the float32 module, at batch sizes 1, 3 and 8."""
+    from fawkes_fast.extractors.loading import eager_builtin
+    from fawkes_fast.optimize.precision import AutocastModule
+
+    ext, chips = dlib_chips
+    dtype = resolve_dtype(precision)
+    stored = with_precision(ext, precision, channels_last=False).module
+    reference = AutocastModule(eager_builtin("dlib", "cpu"), dtype, channels_last=False)
+    assert {p.dtype for p in stored.inner.modules() if isinstance(p, torch.nn.Conv2d) for p in p.parameters()} == {dtype}
+    assert all(p.dtype == torch.float32 for p in eager_builtin("dlib", "cpu").parameters())  # shared one untouched
+    weights = torch.linspace(-1, 1, ext.dim)
+    for n in (1, 3, 8):
+        out = []
+        for module in (stored, reference):
+            x = chips[:n].clone().requires_grad_(True)
+            y = module(x)
+            out += [y.detach(), torch.autograd.grad((y * weights).sum(), x)[0]]
+        assert torch.equal(out[0], out[2]) and torch.equal(out[1], out[3]), n
+
+
 def test_shared_module_untouched(dlib_chips):
     ext, chips = dlib_chips
     module = ext.module

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,9 @@ def with_precision(ext: Extractor, precision: str | torch.dtype | None = "bf16",
 
     precision: "bf16", "fp16" or "fp32" (returns `ext` as it is). channels_last: also store the
     copy's 4-D weights channels_last, so convolutions need no layout change per call; False keeps
-    the module's own layout (dlib's, chosen for thread-count-independent sums) and shares it uncopied.
+    the module's own layout (dlib's, chosen for thread-count-independent sums). On a CPU the dlib family
+    is stored channels_last either way: torch hands reduced-precision convolutions to oneDNN's nhwc
+    kernels whatever the layout, so only its per-call reorders go (the same kernels, the same bits).
     A TorchScript module outside the dlib family comes back as it is (autocast cannot reach it)."""
     dtype = resolve_dtype(precision)
     if dtype is None:
@@ -84,9 +87,29 @@ def with_precision(ext: Extractor, precision: str | torch.dtype | None = "bf16",
         # convs then fail on bf16 input): the dlib family runs from its eager twin, the rest as they are
         if not (is_builtin(ext.name) and builtin(ext.name).thinnable):
             return ext
-        module = eager_builtin(ext.name, str(ext.device))
+        channels_last = channels_last or ext.device.type == "cpu"
+        return dataclasses.replace(ext, module=AutocastModule(
+            _stored_in(ext.name, str(ext.device), dtype, channels_last), dtype, channels_last))
     inner = copy.deepcopy(module).to(memory_format=torch.channels_last) if channels_last else module
     return dataclasses.replace(ext, module=AutocastModule(inner, dtype, channels_last))
+
+
+@functools.lru_cache(maxsize=8)
+def _stored_in(name: str, device: str, dtype: torch.dtype, channels_last: bool) -> torch.nn.Module:
+    """A built-in's eager module (a copy) whose convolutions keep their weights and biases in `dtype`.
+    Autocast casts them to `dtype` anyway, at every call, since its weight cache is off; stored cast,
+    the same bits reach the same kernels. Everything else (dlib's final product, a mul and a sum) keeps
+    float32, as autocast leaves it. With the layout, dlib's bf16 forward and backward at batch 1 on a
+    2-core EPYC: 13-14 ms before, 10-11 ms after (bench/RESULTS.md §17)."""
+    module = copy.deepcopy(eager_builtin(name, device))
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    for conv in module.modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            conv.weight.data = conv.weight.data.to(dtype)
+            if conv.bias is not None:
+                conv.bias.data = conv.bias.data.to(dtype)
+    return module
 
 
 @torch.no_grad()
