@@ -94,7 +94,8 @@ def test_weights_stored_cast_give_autocasts_bits(dlib_chips, precision):
     dtype = resolve_dtype(precision)
     stored = with_precision(ext, precision, channels_last=False).module
     reference = AutocastModule(eager_builtin("dlib", "cpu"), dtype, channels_last=False)
-    assert {p.dtype for p in stored.inner.modules() if isinstance(p, torch.nn.Conv2d) for p in p.parameters()} == {dtype}
+    conv_params = [w for m in stored.inner.modules() if isinstance(m, torch.nn.Conv2d) for w in m.parameters()]
+    assert conv_params and {w.dtype for w in conv_params} == {dtype}
     assert all(p.dtype == torch.float32 for p in eager_builtin("dlib", "cpu").parameters())  # shared one untouched
     weights = torch.linspace(-1, 1, ext.dim)
     for n in (1, 3, 8):

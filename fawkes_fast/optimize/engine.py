@@ -141,7 +141,8 @@ class _Problem:
             self.lab0 = rgb_to_lab(x0) if settings.colour_penalty > 0 else None
             self.d0 = self._start_distances(clean)  # measured on the whole models, before any thinning
         self.exts, self.ghosts = thin(exts, settings.ghost)  # the models that can be thinned; the rest whole
-        # in the step only: the module's own layout, whose sums do not depend on the thread count
+        # in the step only: the module's own layout, whose sums do not depend on the thread count (on a
+        # CPU reduced precision runs oneDNN's nhwc kernels anyway, so there it is stored nhwc: precision.py)
         self.exts = [with_precision(e, settings.precision, channels_last=False) for e in self.exts]
 
     def _start_distances(self, clean):

@@ -10,7 +10,8 @@ normalised), the loss, the fused SSIM and the Adam state. Gradients reach the ch
 
 ``with_precision`` returns a new :class:`Extractor` over a copy of the module, so the shared,
 cached module (and every other user of ``ext``) is untouched. The autocast weight cache is off,
-as CUDA-graph capture requires: the weights are cast inside the graph each replay. A TorchScript
+as CUDA-graph capture requires; the dlib family's copy therefore stores its conv weights already cast
+(`_stored_in`), so nothing is cast per call. A TorchScript
 module runs without the JIT's graph optimisations here (see AutocastModule.forward); that switch
 is process-wide while the forward runs, so concurrent steps should hold the engine's compute lock.
 
