@@ -10,6 +10,7 @@ row's visibility with evaluate.budget (skimage DSSIM and CIEDE2000 over dlib's o
     python bench/lofo.py --users 10 --max-train 10                  # the matrix at mid
     python bench/lofo.py --users 10 --max-train 10 --tradeoff       # held-out protection at rho 0.007/0.012/0.017
     python bench/lofo.py --users 10 --max-train 10 --tradeoff --joint --set colour_penalty=0 --tag _colour_off
+    python bench/lofo.py --users 10 --max-train 10 --mode high --joint-only     # `high` against every family
     python bench/lofo.py --collect                                   # one table of every result in --out
     python bench/lofo.py --users 2 --max-train 3 --population 20 --per-identity 12 \\
         --extractors dlib,sface --families dlib,sface --out /tmp/lofo                # a smoke run
@@ -47,11 +48,11 @@ def plan(families, extractors) -> dict[str, list[str]]:
 
 def lofo_scenarios(families=FAMILIES, extractors=FAMILIES, mode: str = "paper", tradeoff: bool = False,
                    target: str = "max", overrides: dict | None = None, rhos=RHOS,
-                   joint: bool = False) -> list[Scenario]:
+                   joint: bool = False, held_out: bool = True) -> list[Scenario]:
     """One scenario per held-out family (one per rho in `rhos` with `tradeoff`). Its trackers: the held-out
     family first, then the families the cloak saw. `overrides` are cloaking options set on every row.
     `joint` adds, per rho, a row cloaked with every extractor and tracked by every family: what a default
-    made of all of them would buy (no family is held out there)."""
+    made of all of them would buy (no family is held out there); `held_out=False` leaves only those."""
     budgets = [(f"rho_{r}", {"rho": r}) for r in rhos] if tradeoff else [(mode, {})]
 
     def rows(prefix, used, trackers):
@@ -59,17 +60,28 @@ def lofo_scenarios(families=FAMILIES, extractors=FAMILIES, mode: str = "paper", 
                                              **(overrides or {})}, tuple(trackers), budget=True)
                 for sfx, rho in budgets]
     out = []
-    for held_out, used in plan(families, extractors).items():
+    for family, used in (plan(families, extractors) if held_out else {}).items():
         if not used:
-            print(f"{held_out}: no extractor outside this family; skipped", file=sys.stderr)
+            print(f"{family}: no extractor outside this family; skipped", file=sys.stderr)
             continue
-        out += rows(f"lofo_{held_out}", used, (held_out,) + tuple(f for f in families if f != held_out))
+        out += rows(f"lofo_{family}", used, (family,) + tuple(f for f in families if f != family))
     return out + (rows("joint", extractors, families) if joint else [])
 
 
 def _rho(cloak: dict) -> float:
     """A row's face budget: its own rho, else its mode's."""
     return cloak.get("rho", settings_for(cloak["mode"]).rho)
+
+
+def _budget(cloak: dict) -> str:
+    """A row's budget in words: the mode where its shape bounds the change (issue #22's modes), else rho."""
+    settings = settings_for(cloak["mode"], **{k: v for k, v in cloak.items() if k in _OPTIONS})
+    if settings.shape != "dssim":
+        return f"`{cloak['mode']}` ({settings.shape})"
+    return f"{settings.rho}" + (", colour caps off" if settings.colour_penalty <= 0 else "")
+
+
+_OPTIONS = set(settings_for("paper").__dataclass_fields__)
 
 
 def _cell(summary: dict, tracker: str) -> str:
@@ -83,15 +95,13 @@ def _cell(summary: dict, tracker: str) -> str:
 def table(results: list[dict]) -> str:
     """Markdown: per row the held-out tracker's protection (logistic regression / matching), the seen
     trackers', the visibility, and the cloak's time per photo on the machine that made it."""
-    lines = ["| held out | cloaked with | ρ | held-out native tracker | seen native trackers | users | "
+    lines = ["| held out | cloaked with | ρ or mode | held-out native tracker | seen native trackers | users | "
              "box DSSIM max | mean ΔE2000 | p99 ΔE max | cloak s/photo |", "|---" * 10 + "|"]
     for r in results:
         sc = r["scenario"]
         joint = sc["name"].startswith("joint_")  # no family held out: every tracker saw the cloak
         held, seen = ("—", sc["trackers"]) if joint else (sc["trackers"][0], sc["trackers"][1:])
-        rho = _rho(sc["cloak"])
-        if sc["cloak"].get("colour_penalty", settings_for(sc["cloak"]["mode"]).colour_penalty) <= 0:
-            rho = f"{rho}, colour caps off"
+        rho = _budget(sc["cloak"])
         b = r.get("budget", {})
         vis = (f"{b['box_dssim_max']:.4f} | {b['mean_de']:.2f} | {b['p99_de_max']:.1f}" if b.get("faces")
                else "— | — | —")
@@ -126,6 +136,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tradeoff", action="store_true", help=f"held-out protection at each --rhos instead")
     ap.add_argument("--rhos", default=",".join(map(str, RHOS)), help="the face budgets of --tradeoff")
     ap.add_argument("--joint", action="store_true", help="also cloak with every extractor, tracked by every family")
+    ap.add_argument("--joint-only", action="store_true", help="only the --joint rows (`high` is such a cloak)")
     add_set_arg(ap)
     ap.add_argument("--out", default=str(HERE / "results" / "lofo"))
     ap.add_argument("--collect", action="store_true", help="run nothing: write lofo_all.md, one table of every "
@@ -141,7 +152,8 @@ def main(argv=None) -> int:
         ap.error(f"not a built-in extractor nor a model file: {', '.join(unknown)}")
     rhos = [float(r) for r in args.rhos.split(",")]
     scs = lofo_scenarios(args.families.split(","), args.extractors.split(","), args.mode, args.tradeoff, args.target,
-                         cloak_overrides(ap, args), rhos, args.joint)
+                         cloak_overrides(ap, args), rhos, args.joint or args.joint_only,
+                         not args.joint_only)
     if not scs:
         ap.error("no scenario to run: every extractor belongs to the held-out families")
     try:  # a missing extra fails here, in one line, before any cloak is made

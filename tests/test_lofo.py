@@ -47,6 +47,14 @@ def test_joint_rows_see_every_family_and_overrides_reach_every_row():
     assert "| 2.00 |" in line
 
 
+def test_joint_only_keeps_the_joint_rows_and_names_a_bounded_mode():
+    scs = lofo.lofo_scenarios(lofo.FAMILIES, lofo.FAMILIES, mode="high", joint=True, held_out=False)
+    assert [s.name for s in scs] == ["joint_high"] and scs[0].trackers == lofo.FAMILIES
+    row = {"scenario": {"name": "joint_high", "trackers": list(lofo.FAMILIES), "cloak": scs[0].cloak},
+           "summary": {}, "cloak_seconds": 9.0, "cloaked_photos": 1}
+    assert "| `high` (jnd) |" in lofo.table([row])
+
+
 def test_collect_orders_every_result_by_family_then_rho(tmp_path):
     def row(name, held, rho):
         trackers = ["dlib", "sface", "facenet"] if held is None else [held] + [f for f in lofo.FAMILIES if f != held]
