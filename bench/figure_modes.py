@@ -1,11 +1,12 @@
-"""README figure (issue #16): before/after face crops for each mode, each with its measured visibility.
+"""README figure (issues #16, #22): before/after face crops for each mode, each with its measured visibility.
 
     python bench/figure_modes.py [--gan ../shared/data/gan-faces] [--faces 2] [--out docs/modes.png]
 
 Rows: the bundled astronaut (skimage.data.astronaut, public domain) and `--faces` seeded GAN faces
 (synthetic people; never LFW photos, which must not enter the repository). Columns: the original, then
-the cloak of each mode saved as PNG. Under each cloaked crop: the DSSIM over dlib's own face box and the
-mean / 99th-percentile CIEDE2000 ΔE there, measured with skimage (fawkes_fast.evaluate.budget).
+the cloak of each mode saved as PNG. Under each cloaked crop: the two judges over the face (butteraugli,
+SSIMULACRA2; fawkes_fast.evaluate.judges) in plain words against the photo's JPEG re-saves, and the DSSIM
+over dlib's own face box (fawkes_fast.evaluate.budget).
 The crops are shown at their own resolution (nearest-neighbour), so nothing smooths the cloak away.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fawkes_fast.evaluate.budget import cloak_and_check, decode  # noqa: E402
+from fawkes_fast.evaluate.judges import judge_face  # noqa: E402
 from fawkes_fast.optimize.modes import MODES  # noqa: E402
 
 GAN = ROOT.parent / "shared" / "data" / "gan-faces"
@@ -70,12 +72,16 @@ def figure(inputs: dict, modes: list[str], out: Path, seed: int = 0) -> Path:
             if r["status"] != "cloaked":
                 ax.set_title(f"{m}: {r['status']}", fontsize=9)
                 continue
-            ax.imshow(crop(decode(r["file"]), box), interpolation="nearest")
+            cloaked = decode(r["file"])
+            ax.imshow(crop(cloaked, box), interpolation="nearest")
             f = next((f for f in r["faces"] if tuple(f["box"]) == tuple(box)), None)
-            ax.set_title(f"{m} (ρ {MODES[m].rho})", fontsize=9)
+            ax.set_title(f"{m} ({MODES[m].shape})", fontsize=9)
             if f:
-                ax.set_xlabel(f"box DSSIM {f['box_dssim']:.4f}\nΔE mean {f['mean_de']:.2f}, p99 {f['p99_de']:.1f}",
-                              fontsize=8)
+                v = judge_face(rgb, cloaked, box)
+                q = v.like()
+                ax.set_xlabel(f"butteraugli {v.butteraugli:.2f}, SSIMULACRA2 {v.ssimulacra2:.1f}\n"
+                              + (f"like a JPEG q{q} re-save" if q else f"beyond a JPEG q{min(v.resaves)} re-save")
+                              + f"\nbox DSSIM {f['box_dssim']:.4f}", fontsize=8)
     for ax in axes.flat:
         ax.set_xticks([]); ax.set_yticks([])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -178,7 +178,7 @@ def test_faces_of_two_sizes_in_one_padded_batch(cloaker, photos, monkeypatch):
 
 
 def test_the_default_mode_moves_native_dlib_further_than_the_paper_budget(photos, png_results):
-    """`mid` (a JND-masked luma change) is chosen to protect: it must move dlib's own pipeline further
+    """`mid` (a luma change within JPEG's rounding, 8x8 DCT) is chosen to protect: it must move dlib's own pipeline further
     from the clean face than the paper's DSSIM budget does, and change R, G and B alike (luma only)."""
     mid = fawkes_fast.Cloaker(mode="mid", device="cpu").cloak(photos, seed=7, format="png")
     for m, p, orig in zip(mid, png_results, photos):

@@ -2,7 +2,8 @@
 
 `mid`, the default, is the least visible point measured that protects (>= 95% / >= 90% against native
 dlib): JPEG's rounding chosen adversarially (shapes.py, "dct": each 8x8 DCT coefficient of the luma moves by
-at most 2 x min(q/2, |c|) at quality 50). `low` is the strongest JND-masked luma change ("jnd") no more
+at most 2.5 x min(q/2, |c|) at quality 50), in 30 steps: half the steps of the 2 x bound at the same rate,
+as protective and no more visible (bench/RESULTS.md §19). `low` is the strongest JND-masked luma change ("jnd") no more
 visible than re-saving the photo as JPEG q80, `high` the joint cloak (MODE_EXTRACTORS) as a JND-masked
 change. `paper` keeps the paper's shape: free pixels under the DSSIM budget rho = 0.007 over the face's
 boxes, with the colour hinge (it protects about 15% against native dlib). README "Modes" gives each
@@ -79,7 +80,7 @@ def _bounded(shape: str, strength: float, **extra) -> Settings:
 
 MODES = {
     "low": _bounded("jnd", 0.1),
-    "mid": _bounded("dct", 2.0, dct_quality=50),
+    "mid": _bounded("dct", 2.5, dct_quality=50, steps=30),
     "high": _bounded("jnd", 0.8),
     "paper": Settings(rho=0.007, steps=60, lr=0.04),
 }
