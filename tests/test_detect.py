@@ -251,3 +251,14 @@ def test_low_scoring_faces_cut_by_the_border_are_kept_and_false_ones_dropped(lfw
         assert scores(name) == scores(name, 0) and min(scores(name)) < 0.5, name  # a real face at the border
     for name in ("Brad_Garrett_0001", "Muwafak_al-Ani_0001", "Shirley_Jones_0001", "Erika_Harold_0003"):
         assert len(scores(name)) == len(scores(name, 0)) - 1 and min(scores(name, 0)) < 0.5, name
+
+
+def test_the_astronaut_at_224_px_is_cloaked_on_her_face_not_her_badge():
+    """End to end: the photo comes back "cloaked" only where her face is (the badge sits below y 120)."""
+    import fawkes_fast
+
+    result = fawkes_fast.cloak([_astronaut(224)], seed=0)[0]
+    assert result.status == "cloaked", result.error
+    assert len(result.faces) == 1
+    left, top, right, bottom = result.faces[0].box
+    assert left < 98 < right and top < 55 < bottom and bottom < 120

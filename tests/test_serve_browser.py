@@ -134,7 +134,7 @@ def test_page_cloaks_the_astronaut_and_explains_a_faceless_photo(server, browser
         assert entry.flag_bits & 0x800, "the name must be marked as UTF-8"
         assert abs(datetime(*entry.date_time) - datetime.now()).total_seconds() < 3600, entry.date_time
     # "All photos show the same person" (on by default): a later photo is sent to the first one's target
-    larger = tmp_path / "larger.png"  # (HOG misses her face at 224 px and takes a badge for one)
+    larger = tmp_path / "larger.png"  # (at 224 px HOG misses her face and only dlib's slower CNN finds it)
     larger.write_bytes(astronaut_png(320))
     second = upload(browser, larger)
     assert second.get_attribute("data-status") == "cloaked", second.text
