@@ -1,9 +1,9 @@
 """README figure (issues #16, #22): before/after face crops for each mode, each with its measured visibility.
 
-    python bench/figure_modes.py [--gan ../shared/data/gan-faces] [--faces 2] [--out docs/modes.png]
+    python bench/figure_modes.py [--out docs/modes.png]
 
-Rows: the bundled astronaut (skimage.data.astronaut, public domain) and `--faces` seeded GAN faces
-(synthetic people; never LFW photos, which must not enter the repository). Columns: the original, then
+Rows: the bundled astronaut (skimage.data.astronaut, public domain) at 512 px and halved, and `--faces`
+seeded GAN faces (0 by default: images from ../shared must not enter the repository). Columns: the original, then
 the cloak of each mode saved as PNG. Under each cloaked crop: the two judges over the face (butteraugli,
 SSIMULACRA2; fawkes_fast.evaluate.judges) in plain words against the photo's JPEG re-saves, and the DSSIM
 over dlib's own face box (fawkes_fast.evaluate.budget).
@@ -29,9 +29,15 @@ GAN = ROOT.parent / "shared" / "data" / "gan-faces"
 
 
 def photos(gan: Path, faces: int, seed: int) -> dict:
+    """The astronaut at her own 512 px and halved (a face of about 100 px, as LFW's), then `faces` seeded GAN
+    faces: those come from ../shared, whose images must not enter the repository, so the committed figure
+    (docs/modes.png) is made with none."""
     import skimage.data
+    from PIL import Image
 
-    out = {"astronaut": skimage.data.astronaut()}
+    astronaut = skimage.data.astronaut()
+    out = {"astronaut": astronaut,
+           "astronaut, halved": np.asarray(Image.fromarray(astronaut).resize((256, 256), Image.LANCZOS))}
     files = sorted(Path(gan).glob("*.jpg")) if faces else []
     if faces and not files:
         raise SystemExit(f"no GAN faces in {gan} (pass --gan, or --faces 0)")
@@ -94,7 +100,7 @@ def figure(inputs: dict, modes: list[str], out: Path, seed: int = 0) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gan", default=str(GAN))
-    ap.add_argument("--faces", type=int, default=2, help="seeded GAN faces besides the astronaut")
+    ap.add_argument("--faces", type=int, default=0, help="seeded GAN faces besides the astronaut (never commit them)")
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "docs" / "modes.png"))
