@@ -237,8 +237,9 @@ def test_demo_writes_the_cloak_and_a_side_by_side(tmp_path):
     assert Image.open(tmp_path / "astronaut_side_by_side.png").size == (1024, 512)
 
 
-def test_transfer_options_reach_the_cloaker(monkeypatch, tmp_path):
-    """--diversity/--flip/--blur-copy/--ghost/--momentum become Cloaker options (validated there); absent, the mode's defaults stay."""
+def test_optimiser_options_reach_the_cloaker(monkeypatch, tmp_path):
+    """--diversity/--flip/--blur-copy/--ghost/--momentum/--steps/--strength become Cloaker options (validated
+    there); absent, the mode's defaults stay."""
     import fawkes_fast.cloaker as cloaker_mod
 
     seen = {}
@@ -252,12 +253,13 @@ def test_transfer_options_reach_the_cloaker(monkeypatch, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     main(["cloak", str(bad), "--diversity", "0.5", "--flip", "--blur-copy", "1.5", "--ghost", "0.1",
-          "--momentum", "0.99", "-q", "--batch-size", "3"])
+          "--momentum", "0.99", "--steps", "60", "--strength", "2", "-q", "--batch-size", "3"])
     assert seen["diversity"] == 0.5 and seen["flip"] is True and seen["blur_copy"] == 1.5 and seen["batch_size"] == 3
-    assert seen["ghost"] == 0.1 and seen["momentum"] == 0.99
+    assert seen["ghost"] == 0.1 and seen["momentum"] == 0.99 and seen["steps"] == 60 and seen["strength"] == 2.0
     seen.clear()
     main(["cloak", str(bad), "-q"])
-    assert not {"diversity", "flip", "blur_copy", "ghost", "momentum"} & set(seen)
+    assert not {"diversity", "flip", "blur_copy", "ghost", "momentum", "steps", "strength"} & set(seen)
+    assert main(["cloak", str(bad), "--steps", "0"]) == 2  # a usage error, before any photo is read
 
 
 def test_ctrl_c_keeps_finished_photos_writes_the_report_and_exits_130(tmp_path, lfw_dir):

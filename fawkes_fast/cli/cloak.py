@@ -51,6 +51,11 @@ def add_cloak_options(p) -> None:
                         "models stay whole; 0 off)")
     p.add_argument("--momentum", type=float_between(0.0, 0.999), default=None, metavar="B1",
                    help="Adam's beta1 (default 0.9)")
+    p.add_argument("--steps", type=int_at_least(1), default=None, metavar="N",
+                   help="optimiser steps per face (default: the mode's; mid 30)")
+    p.add_argument("--strength", type=float_between(0.01, 10.0), default=None, metavar="S",
+                   help="the bounded shapes' bound: x JPEG's rounding (mid, default 2.5) or x JND (low, high); "
+                        "`--steps 60 --strength 2` is the more robust mid of before 2026-12-04, at twice the time")
     p.add_argument("--keep-metadata", action="store_true",
                    help="keep EXIF (incl. GPS; never the thumbnail or previews) and the ICC profile")
     p.add_argument("--overwrite", action="store_true", help="replace existing *_cloaked outputs (never an input)")
@@ -88,10 +93,10 @@ def check_device(args):
 
 
 def cloaker_kwargs(args, device) -> dict:
-    transfer = {k: getattr(args, k) for k in ("diversity", "flip", "blur_copy", "ghost", "momentum")
-                if getattr(args, k) is not None}
+    options = {k: getattr(args, k) for k in ("diversity", "flip", "blur_copy", "ghost", "momentum", "steps", "strength")
+               if getattr(args, k) is not None}
     return dict(mode=args.mode, extractors=tuple(args.extractors) if args.extractors else None, device=device,
-                batch_size=args.batch_size, **transfer)
+                batch_size=args.batch_size, **options)
 
 
 def make_cloaker(args):
