@@ -33,7 +33,7 @@ from fawkes_fast.evaluate.protocol import Scenario  # noqa: E402
 from fawkes_fast.evaluate.trackers import get_tracker  # noqa: E402
 from fawkes_fast.extractors import is_builtin  # noqa: E402
 from fawkes_fast.model_files import ModelMissingError  # noqa: E402
-from fawkes_fast.optimize.modes import settings_for  # noqa: E402
+from fawkes_fast.optimize.modes import Settings, settings_for  # noqa: E402
 
 FAMILY = {"dlib": "dlib", "dlib-robust": "dlib", "sface": "sface", "facenet": "facenet"}  # extractor -> family
 FAMILIES = ("dlib", "sface", "facenet")
@@ -81,7 +81,7 @@ def _budget(cloak: dict) -> str:
     return f"{settings.rho}" + (", colour caps off" if settings.colour_penalty <= 0 else "")
 
 
-_OPTIONS = set(settings_for("paper").__dataclass_fields__)
+_OPTIONS = set(Settings.__dataclass_fields__)
 
 
 def _cell(summary: dict, tracker: str) -> str:

@@ -234,8 +234,9 @@ class FaceDetector:
             return faces
         from .yunet import default_yunet
         yunet = default_yunet()
+        rows = yunet.detect_padded(rgb, [f.box for f in doubtful])  # one pass for all of them
         for f in doubtful:
-            f.extra["confirmed_by_yunet"] = yunet.confirms(rgb, f)
+            f.extra["confirmed_by_yunet"] = yunet.confirms(f, rows)
         return [f for f in faces if f.extra.get("confirmed_by_yunet", True)]
 
     __call__ = detect

@@ -145,19 +145,25 @@ class YuNet:
             faces[i].points["yunet5"] = rows[j, 4:14].reshape(5, 2).copy()
             faces[i].extra["yunet_score"] = float(rows[j, 14])
 
-    def confirms(self, image, face) -> bool:
-        """Whether YuNet also finds ``face`` (a dlib ``Face`` of the uint8 RGB ``image``). It looks at the whole
-        photo, replicate-padded by CROP_MARGIN of the box's side (dlib finds faces the border cuts; so must the
-        check; YuNet misses them in tight crops). A face there overlaps dlib's box (IoU >= CONFIRM_IOU) and has
-        its eyes within CONFIRM_EYES inter-ocular distances of dlib's: on LFW, the border faces dlib found
-        scored IoU 0.44-0.75 / eyes 0.33-0.9, its false ones (hair, a hand, a mouth, a badge) 0-0.23 / 2.4-8.6."""
+    def detect_padded(self, image, boxes) -> np.ndarray:
+        """YuNet rows for the whole uint8 RGB photo replicate-padded by CROP_MARGIN of the largest of ``boxes``'
+        sides, in the photo's pixels: dlib finds faces the border cuts, and YuNet finds them only when padded
+        (it misses them in tight crops too)."""
         import cv2
 
-        box = np.asarray(face.box, np.float64)
-        m = int(np.ceil(CROP_MARGIN * max(box[2] - box[0], box[3] - box[1])))
+        m = int(np.ceil(CROP_MARGIN * max(max(b[2] - b[0], b[3] - b[1]) for b in boxes)))
         bgr = cv2.copyMakeBorder(np.ascontiguousarray(np.asarray(image)[..., ::-1]), m, m, m, m, cv2.BORDER_REPLICATE)
         rows = self._run(bgr, self.max_side)
-        rows[:, [0, 1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]] -= m
+        rows[:, :14] -= m  # every column up to the score is an x or a y, except the box's width and height
+        rows[:, 2:4] += m
+        return rows
+
+    def confirms(self, face, rows: np.ndarray) -> bool:
+        """Whether YuNet found ``face`` (a dlib ``Face``) among ``rows`` (``detect_padded``): a face that overlaps
+        dlib's box (IoU >= CONFIRM_IOU) with its eyes within CONFIRM_EYES inter-ocular distances of dlib's. On
+        LFW, the border faces dlib found scored IoU 0.44-0.75 / eyes 0.33-0.9, its false ones (hair, a hand, a
+        mouth, a badge) 0-0.23 / 2.4-8.6."""
+        box = np.asarray(face.box, np.float64)
         return bool(np.any((_iou(box, rows[:, :4]) >= CONFIRM_IOU) & (self.match_cost(face, rows) <= CONFIRM_EYES)))
 
     def add_points(self, image, faces) -> int:
