@@ -154,8 +154,7 @@ class YuNet:
         m = int(np.ceil(CROP_MARGIN * max(max(b[2] - b[0], b[3] - b[1]) for b in boxes)))
         bgr = cv2.copyMakeBorder(np.ascontiguousarray(np.asarray(image)[..., ::-1]), m, m, m, m, cv2.BORDER_REPLICATE)
         rows = self._run(bgr, self.max_side)
-        rows[:, :14] -= m  # every column up to the score is an x or a y, except the box's width and height
-        rows[:, 2:4] += m
+        rows[:, [0, 1, *range(4, 14)]] -= m  # the box's corner and the five points; not its width and height
         return rows
 
     def confirms(self, face, rows: np.ndarray) -> bool:
